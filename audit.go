@@ -1,0 +1,196 @@
+package agentotp
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"time"
+)
+
+// EventType names an audit event. The v0.1.1 names are kept; the others are
+// new.
+type EventType string
+
+const (
+	EventRequest        EventType = "request"        // an agent asked; details hold the policy decision
+	EventApprove        EventType = "approve"        // approved, by policy or by a human (with who)
+	EventDeny           EventType = "deny"           // denied, by policy or by a human
+	EventVote           EventType = "vote"           // one approval toward a quorum
+	EventDecideRejected EventType = "decide_rejected" // a decision attempt that lost or was not allowed
+	EventTokenIssue     EventType = "token_issue"    // a token was minted and handed to its agent
+	EventUse            EventType = "use"
+	EventUseRejected    EventType = "use_rejected"
+	EventRevoke         EventType = "revoke"
+	EventExpire         EventType = "expire"
+	EventAgentCreate    EventType = "agent_create"
+	EventAgentUpdate    EventType = "agent_update"
+	EventAgentDelete    EventType = "agent_delete"
+	EventUserCreate     EventType = "user_create"
+	EventUserUpdate     EventType = "user_update"
+	EventUserDelete     EventType = "user_delete"
+	EventPolicyCreate   EventType = "policy_create"
+	EventPolicyUpdate   EventType = "policy_update"
+	EventPolicyDelete   EventType = "policy_delete"
+	EventPolicyReload   EventType = "policy_reload"
+	EventPolicyError    EventType = "policy_error"
+)
+
+// EventTypes lists every event type, for validating filters.
+var EventTypes = []EventType{
+	EventRequest, EventApprove, EventDeny, EventVote, EventDecideRejected, EventTokenIssue,
+	EventUse, EventUseRejected, EventRevoke, EventExpire,
+	EventAgentCreate, EventAgentUpdate, EventAgentDelete,
+	EventUserCreate, EventUserUpdate, EventUserDelete,
+	EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete, EventPolicyReload, EventPolicyError,
+}
+
+// Valid reports whether t is a known event type.
+func (t EventType) Valid() bool {
+	for _, e := range EventTypes {
+		if e == t {
+			return true
+		}
+	}
+	return false
+}
+
+// AuditEvent is one link of the append-only, hash-chained audit trail. The
+// store assigns Seq, PrevHash and Hash when it appends the event inside the
+// transaction of the change it records.
+type AuditEvent struct {
+	Seq          int64
+	ID           EventID
+	Time         time.Time
+	Type         EventType
+	ActorType    string // "agent", "user", "system", "telegram"
+	ActorID      string
+	AgentID      AgentID
+	PermissionID PermissionID
+	RequestID    string
+	// Details is the event's payload. Never put a token or key in it.
+	Details map[string]any
+	// DetailsJSON is Details as stored; the hash covers these exact bytes.
+	DetailsJSON []byte
+	PrevHash    string
+	Hash        string
+}
+
+// GenesisHash is the PrevHash of the first event.
+const GenesisHash = "0000000000000000000000000000000000000000000000000000000000000000"
+
+// SealDetails encodes Details into DetailsJSON once, so the bytes hashed are
+// the bytes stored.
+func (e *AuditEvent) SealDetails() error {
+	if e.DetailsJSON != nil {
+		return nil
+	}
+	if e.Details == nil {
+		e.DetailsJSON = []byte("{}")
+		return nil
+	}
+	b, err := json.Marshal(e.Details)
+	if err != nil {
+		return fmt.Errorf("encode audit details: %w", err)
+	}
+	e.DetailsJSON = b
+	return nil
+}
+
+// ComputeHash returns SHA-256(prevHash ‖ canonical(e)) in hex. The canonical
+// form is a JSON array of the fields in a fixed order, times as UTC unix
+// nanoseconds, so it does not depend on any store's encoding.
+func (e *AuditEvent) ComputeHash(prevHash string) (string, error) {
+	if err := e.SealDetails(); err != nil {
+		return "", err
+	}
+	var buf bytes.Buffer
+	buf.WriteString(prevHash)
+	buf.WriteByte('\n')
+	fields := []string{
+		strconv.FormatInt(e.Seq, 10), string(e.ID), strconv.FormatInt(e.Time.UnixNano(), 10),
+		string(e.Type), e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
+	}
+	head, err := json.Marshal(fields)
+	if err != nil {
+		return "", err
+	}
+	buf.Write(head)
+	buf.WriteByte('\n')
+	buf.Write(e.DetailsJSON)
+	sum := sha256.Sum256(buf.Bytes())
+	return hex.EncodeToString(sum[:]), nil
+}
+
+// ChainVerifier checks events in sequence order, one at a time, so a chain
+// of any length is verified in constant memory.
+type ChainVerifier struct {
+	prevSeq  int64
+	prevHash string
+	Checked  int64
+}
+
+// NewChainVerifier starts at the genesis.
+func NewChainVerifier() *ChainVerifier { return &ChainVerifier{prevHash: GenesisHash} }
+
+// ChainError names the first bad event.
+type ChainError struct {
+	Seq    int64
+	Reason string
+}
+
+func (e *ChainError) Error() string {
+	return fmt.Sprintf("audit chain broken at seq %d: %s", e.Seq, e.Reason)
+}
+
+// Next checks one event. Events must be fed in ascending Seq order.
+func (v *ChainVerifier) Next(e *AuditEvent) error {
+	switch {
+	case e.Seq != v.prevSeq+1:
+		return &ChainError{Seq: v.prevSeq + 1, Reason: fmt.Sprintf("missing or reordered: next stored event is seq %d", e.Seq)}
+	case e.PrevHash != v.prevHash:
+		return &ChainError{Seq: e.Seq, Reason: "prevHash does not match the previous event"}
+	}
+	want, err := e.ComputeHash(v.prevHash)
+	if err != nil {
+		return &ChainError{Seq: e.Seq, Reason: err.Error()}
+	}
+	if !EqualHash(want, e.Hash) {
+		return &ChainError{Seq: e.Seq, Reason: "content does not match its hash (edited)"}
+	}
+	v.prevSeq, v.prevHash = e.Seq, e.Hash
+	v.Checked++
+	return nil
+}
+
+// AuditFilter selects audit events. Zero fields do not filter.
+type AuditFilter struct {
+	AgentID      AgentID
+	PermissionID PermissionID
+	Type         EventType
+	Start, End   time.Time
+	// AfterSeq/BeforeSeq are cursors; Ascending flips the order (default newest first).
+	AfterSeq  int64
+	BeforeSeq int64
+	Ascending bool
+	Limit     int
+}
+
+// AuditStats counts events by type since a moment.
+type AuditStats struct {
+	Since  time.Time
+	Total  int64
+	ByType map[EventType]int64
+}
+
+// VerifyResult reports an audit verification.
+type VerifyResult struct {
+	OK       bool
+	Checked  int64
+	LastSeq  int64
+	LastHash string
+	BadSeq   int64
+	Reason   string
+}

@@ -1,0 +1,53 @@
+// Command agentotp is the agentotp server, CLI, MCP server and gateway.
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}
+
+// Main runs one subcommand and returns the process exit code. Tests call it
+// in process.
+func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		usage(stderr)
+		return 2
+	}
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "policy":
+		return runPolicy(ctx, rest, stdout, stderr)
+	case "help", "-h", "--help":
+		usage(stdout)
+		return 0
+	}
+	fmt.Fprintf(stderr, "agentotp: unknown command %q\n", cmd)
+	usage(stderr)
+	return 2
+}
+
+func usage(w io.Writer) {
+	fmt.Fprint(w, `usage: agentotp <command> [flags]
+
+commands:
+  serve                     run the HTTP API, console and MCP endpoint
+  agents create|list|rotate|disable
+  users create|list
+  pending | approve ID | deny ID
+  policy check FILE... | policy test DIR
+  audit list|verify|export
+  bench                     load-test a running server
+  version
+`)
+}

@@ -1,0 +1,13 @@
+package agentotp
+
+import "context"
+
+// Notifier tells approvers about requests (Telegram, …). Notification is
+// best effort and never decides anything: a failing or missing notifier
+// leaves the request pending, visible in the console and the CLI.
+type Notifier interface {
+	// NotifyPending announces a request that waits for a human.
+	NotifyPending(ctx context.Context, p *Permission, agent *Agent) error
+	// NotifyResolved reports that a request was decided, expired or revoked.
+	NotifyResolved(ctx context.Context, p *Permission) error
+}

@@ -1,0 +1,269 @@
+package agentotp
+
+import (
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Status is where a permission is in its lifecycle.
+type Status string
+
+const (
+	StatusPending  Status = "pending"
+	StatusApproved Status = "approved"
+	StatusDenied   Status = "denied"
+	StatusExpired  Status = "expired"
+	StatusUsed     Status = "used"
+	StatusRevoked  Status = "revoked"
+)
+
+// Terminal reports whether no further transition can happen.
+func (s Status) Terminal() bool {
+	switch s {
+	case StatusDenied, StatusExpired, StatusUsed, StatusRevoked:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is one of the six statuses.
+func (s Status) Valid() bool {
+	switch s {
+	case StatusPending, StatusApproved, StatusDenied, StatusExpired, StatusUsed, StatusRevoked:
+		return true
+	}
+	return false
+}
+
+// Limits on a request, enforced at the edge of the service.
+const (
+	DefaultTokenTTL    = 300 * time.Second
+	MinTokenTTL        = 30 * time.Second
+	MaxTokenTTL        = 3600 * time.Second
+	DefaultApprovalTTL = 300 * time.Second
+	MinApprovalTTL     = 30 * time.Second
+	MaxApprovalTTL     = 24 * time.Hour
+	DefaultUses        = 1
+	MaxUses            = 1000
+
+	MaxActionLen         = 255
+	MaxResourceLen       = 1024
+	MaxIdempotencyKeyLen = 255
+	MaxReasonLen         = 1000
+	MaxNameLen           = 255
+	MaxDescriptionLen    = 1000
+	// MaxObjectKeys bounds scope, context, details and metadata objects
+	// (threat D1: a 10 000-key scope is refused, not stored).
+	MaxObjectKeys = 256
+	// MaxObjectDepth bounds nesting in those objects.
+	MaxObjectDepth = 16
+	// MaxObjectBytes bounds the JSON size of one such object.
+	MaxObjectBytes = 64 << 10
+)
+
+// Permission is one request by one agent for one action, and — once
+// approved — the token terms it grants. The token's plain text is never part
+// of it: only its hash.
+type Permission struct {
+	ID             PermissionID
+	AgentID        AgentID
+	Action         string
+	Resource       string
+	Scope          map[string]any // as requested by the agent
+	Context        map[string]any // agent-asserted, untrusted
+	IdempotencyKey string
+	Status         Status
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
+	// ApprovalExpiresAt ends the pending window (approvalTtl).
+	ApprovalExpiresAt time.Time
+
+	// Decision made by the policy, then (for require_approval) by a human.
+	Decision Decision
+	// DecisionEventID is the audit event recording the policy decision.
+	DecisionEventID EventID
+	DecidedBy       string // "policy", "user:<id>", "timeout", "" while pending
+	DecidedAt       time.Time
+	DecisionReason  string
+
+	// Grant: what the token allows. Set when approved.
+	GrantedScope   map[string]any
+	TokenTTL       time.Duration
+	Uses           int
+	UsesRemaining  int
+	TokenExpiresAt time.Time
+	// TokenHash is the SHA-256 of the token, "" until the token is issued.
+	// Tokens are minted when handed to the agent: at once for auto-approval,
+	// at the agent's first read after a human approval.
+	TokenHash     string
+	TokenIssuedAt time.Time
+	RevokedAt     time.Time
+}
+
+// ExpiresAt is the moment that bounds the permission's current state: the end
+// of the approval window while pending, the token's expiry once approved.
+func (p *Permission) ExpiresAt() time.Time {
+	if p.Status == StatusPending || p.TokenExpiresAt.IsZero() {
+		return p.ApprovalExpiresAt
+	}
+	return p.TokenExpiresAt
+}
+
+// Due reports whether the permission should be expired at now: a pending
+// request past its window, or an approved grant past its token expiry. The
+// boundary is inclusive: at exactly ExpiresAt it is already expired.
+func (p *Permission) Due(now time.Time) bool {
+	switch p.Status {
+	case StatusPending:
+		return !now.Before(p.ApprovalExpiresAt)
+	case StatusApproved:
+		return !now.Before(p.TokenExpiresAt)
+	}
+	return false
+}
+
+// Effective returns a copy whose status reflects expiry at now, so that
+// readers never see a live-looking permission that the sweeper has not
+// reached yet.
+func (p *Permission) Effective(now time.Time) *Permission {
+	c := *p
+	if c.Due(now) {
+		c.Status = StatusExpired
+	}
+	return &c
+}
+
+// TokenPending reports whether a human approval produced a token that the
+// owning agent has not received yet.
+func (p *Permission) TokenPending() bool {
+	return p.Status == StatusApproved && p.TokenHash == ""
+}
+
+// PermissionRequest is what an agent asks for.
+type PermissionRequest struct {
+	Action         string
+	Resource       string
+	Scope          map[string]any
+	Context        map[string]any
+	TTL            time.Duration // token lifetime; 0 = default
+	ApprovalTTL    time.Duration // pending window; 0 = default
+	Uses           int           // 0 = default
+	IdempotencyKey string
+	// Tool and Args are set by the MCP gateway for gated tool calls.
+	Tool *ToolCall
+}
+
+// ToolCall describes a gateway-mediated MCP tool call for the policy.
+type ToolCall struct {
+	Server      string
+	Name        string
+	Annotations map[string]any
+	Args        map[string]any
+}
+
+// Validate checks a request at the edge and fills defaults.
+func (r *PermissionRequest) Validate() error {
+	switch {
+	case r.Action == "":
+		return ValidationError("action", "is required")
+	case len(r.Action) > MaxActionLen:
+		return ValidationError("action", "must be at most 255 bytes")
+	case !validText(r.Action):
+		return ValidationError("action", "must be printable UTF-8 without control characters")
+	case len(r.Resource) > MaxResourceLen:
+		return ValidationError("resource", "must be at most 1024 bytes")
+	case !validText(r.Resource):
+		return ValidationError("resource", "must be printable UTF-8 without control characters")
+	case len(r.IdempotencyKey) > MaxIdempotencyKeyLen:
+		return ValidationError("idempotencyKey", "must be at most 255 bytes")
+	case !validText(r.IdempotencyKey):
+		return ValidationError("idempotencyKey", "must be printable UTF-8 without control characters")
+	}
+	if r.TTL == 0 {
+		r.TTL = DefaultTokenTTL
+	}
+	if r.TTL < MinTokenTTL || r.TTL > MaxTokenTTL {
+		return ValidationError("ttl", "must be between 30 and 3600 seconds")
+	}
+	if r.ApprovalTTL == 0 {
+		r.ApprovalTTL = DefaultApprovalTTL
+	}
+	if r.ApprovalTTL < MinApprovalTTL || r.ApprovalTTL > MaxApprovalTTL {
+		return ValidationError("approvalTtl", "must be between 30 and 86400 seconds")
+	}
+	if r.Uses == 0 {
+		r.Uses = DefaultUses
+	}
+	if r.Uses < 1 || r.Uses > MaxUses {
+		return ValidationError("uses", "must be between 1 and 1000")
+	}
+	if r.Scope == nil {
+		r.Scope = map[string]any{}
+	}
+	if r.Context == nil {
+		r.Context = map[string]any{}
+	}
+	if err := ValidateObject("scope", r.Scope); err != nil {
+		return err
+	}
+	return ValidateObject("context", r.Context)
+}
+
+// validText rejects invalid UTF-8, NUL and other C0/C1 control characters
+// except tab (threat D3: such bytes break logs, terminals and Telegram).
+func validText(s string) bool {
+	if !utf8.ValidString(s) {
+		return false
+	}
+	for _, r := range s {
+		if (r < 0x20 && r != '\t') || (r >= 0x7f && r < 0xa0) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidateObject bounds a JSON object's keys, depth and strings. It accepts
+// the shapes encoding/json produces: map[string]any, []any, string, float64,
+// json.Number, bool and nil.
+func ValidateObject(field string, m map[string]any) error {
+	if len(m) > MaxObjectKeys {
+		return ValidationError(field, "has more than 256 keys")
+	}
+	return validateValue(field, m, 0)
+}
+
+func validateValue(path string, v any, depth int) error {
+	if depth > MaxObjectDepth {
+		return ValidationError(path, "is nested more than 16 levels deep")
+	}
+	switch x := v.(type) {
+	case map[string]any:
+		if len(x) > MaxObjectKeys {
+			return ValidationError(path, "has more than 256 keys")
+		}
+		for k, e := range x {
+			if k == "" || !validText(k) || len(k) > MaxNameLen {
+				return ValidationError(path, "has an empty, over-long or non-printable key")
+			}
+			if err := validateValue(path+"."+k, e, depth+1); err != nil {
+				return err
+			}
+		}
+	case []any:
+		if len(x) > MaxObjectKeys*4 {
+			return ValidationError(path, "has more than 1024 elements")
+		}
+		for _, e := range x {
+			if err := validateValue(path, e, depth+1); err != nil {
+				return err
+			}
+		}
+	case string:
+		if !utf8.ValidString(x) || strings.ContainsRune(x, 0) {
+			return ValidationError(path, "must be valid UTF-8 without NUL")
+		}
+	}
+	return nil
+}

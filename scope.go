@@ -1,0 +1,229 @@
+package agentotp
+
+import (
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"regexp"
+	"sort"
+	"strings"
+)
+
+// NarrowScope returns base narrowed by limits: a policy's scopeTemplate or an
+// approver's scopeModifications. It never widens: for a key present in both,
+// numbers take the smaller, lists intersect (keeping base's order), booleans
+// AND, objects narrow recursively, and any other value takes the limit's.
+// Keys only in limits are added (a new constraint); keys only in base stay.
+// Neither input is modified.
+func NarrowScope(base, limits map[string]any) map[string]any {
+	out := make(map[string]any, len(base)+len(limits))
+	for k, v := range base {
+		out[k] = v
+	}
+	for k, lim := range limits {
+		cur, ok := base[k]
+		if !ok {
+			out[k] = lim
+			continue
+		}
+		out[k] = narrowValue(cur, lim)
+	}
+	return out
+}
+
+func narrowValue(cur, lim any) any {
+	if a, ok := toFloat(cur); ok {
+		if b, ok := toFloat(lim); ok {
+			if b < a {
+				return lim
+			}
+			return cur
+		}
+		return lim
+	}
+	switch c := cur.(type) {
+	case bool:
+		if l, ok := lim.(bool); ok {
+			return c && l
+		}
+	case []any:
+		if l, ok := lim.([]any); ok {
+			res := []any{}
+			for _, e := range c {
+				if containsValue(l, e) {
+					res = append(res, e)
+				}
+			}
+			return res
+		}
+	case map[string]any:
+		if l, ok := lim.(map[string]any); ok {
+			return NarrowScope(c, l)
+		}
+	}
+	return lim
+}
+
+func toFloat(v any) (float64, bool) {
+	switch n := v.(type) {
+	case float64:
+		return n, true
+	case float32:
+		return float64(n), true
+	case int:
+		return float64(n), true
+	case int64:
+		return float64(n), true
+	case int32:
+		return float64(n), true
+	case uint64:
+		return float64(n), true
+	case json.Number:
+		f, err := n.Float64()
+		return f, err == nil
+	}
+	return 0, false
+}
+
+func containsValue(list []any, v any) bool {
+	for _, e := range list {
+		if equalValue(e, v) {
+			return true
+		}
+	}
+	return false
+}
+
+func equalValue(a, b any) bool {
+	if x, ok := toFloat(a); ok {
+		y, ok := toFloat(b)
+		return ok && x == y
+	}
+	return reflect.DeepEqual(a, b)
+}
+
+// CheckDetails enforces a granted scope against the details of one use, so a
+// scope is a limit the server holds, not advice to the agent (threat A4).
+// The built-in rules, by the scope's own keys:
+//
+//   - "max_<x>": a number; details "<x>" (a number, or a list counted by its
+//     length) must not exceed it.
+//   - "<x>_pattern": a regular expression; details "<x>" must match it
+//     (unanchored, as in v0.1.1 conditions).
+//   - "allowed_<x>": a list; details "<x>" (a value or every element of a
+//     list) must be in it.
+//   - "blocked_<x>": a list; details "<x>" must not be in it.
+//   - any other key present in both: details may only narrow it — a number
+//     no larger, a list a subset, a bool not true where the scope says
+//     false, anything else equal.
+//
+// Details keys the scope does not mention are allowed; a policy's useWhen can
+// forbid them. It returns a VALIDATION_ERROR naming the first offending key.
+func CheckDetails(scope, details map[string]any) error {
+	keys := make([]string, 0, len(scope))
+	for k := range scope {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		sv := scope[k]
+		switch {
+		case strings.HasPrefix(k, "max_"):
+			lim, ok := toFloat(sv)
+			if !ok {
+				continue
+			}
+			name := strings.TrimPrefix(k, "max_")
+			dv, present := details[name]
+			if !present {
+				continue
+			}
+			n, ok := toFloat(dv)
+			if l, isList := dv.([]any); isList {
+				n, ok = float64(len(l)), true
+			}
+			if !ok {
+				return scopeViolation(name, "must be a number")
+			}
+			if n > lim {
+				return scopeViolation(name, fmt.Sprintf("exceeds the granted %s", k))
+			}
+		case strings.HasSuffix(k, "_pattern"):
+			pat, ok := sv.(string)
+			if !ok {
+				continue
+			}
+			name := strings.TrimSuffix(k, "_pattern")
+			dv, present := details[name]
+			if !present {
+				continue
+			}
+			s, ok := dv.(string)
+			re, err := regexp.Compile(pat)
+			if err != nil || !ok || !re.MatchString(s) {
+				return scopeViolation(name, fmt.Sprintf("does not match the granted %s", k))
+			}
+		case strings.HasPrefix(k, "allowed_") || strings.HasPrefix(k, "blocked_"):
+			list, ok := sv.([]any)
+			if !ok {
+				continue
+			}
+			allow := strings.HasPrefix(k, "allowed_")
+			name := k[len("allowed_"):]
+			dv, present := details[name]
+			if !present {
+				continue
+			}
+			vals, isList := dv.([]any)
+			if !isList {
+				vals = []any{dv}
+			}
+			for _, v := range vals {
+				if containsValue(list, v) != allow {
+					return scopeViolation(name, fmt.Sprintf("is not permitted by the granted %s", k))
+				}
+			}
+		default:
+			dv, present := details[k]
+			if !present {
+				continue
+			}
+			if !narrowerOrEqual(sv, dv) {
+				return scopeViolation(k, "is wider than the granted scope")
+			}
+		}
+	}
+	return nil
+}
+
+func narrowerOrEqual(granted, used any) bool {
+	if g, ok := toFloat(granted); ok {
+		u, ok := toFloat(used)
+		return ok && u <= g
+	}
+	switch g := granted.(type) {
+	case bool:
+		u, ok := used.(bool)
+		return ok && (g || !u)
+	case []any:
+		u, ok := used.([]any)
+		if !ok {
+			return containsValue(g, used)
+		}
+		for _, e := range u {
+			if !containsValue(g, e) {
+				return false
+			}
+		}
+		return true
+	case map[string]any:
+		u, ok := used.(map[string]any)
+		return ok && CheckDetails(g, u) == nil
+	}
+	return equalValue(granted, used)
+}
+
+func scopeViolation(field, problem string) error {
+	return &Error{Code: CodeValidation, Message: "actionDetails." + field + " " + problem,
+		Details: map[string]string{"actionDetails." + field: problem}}
+}
