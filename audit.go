@@ -15,12 +15,12 @@ import (
 type EventType string
 
 const (
-	EventRequest        EventType = "request"        // an agent asked; details hold the policy decision
-	EventApprove        EventType = "approve"        // approved, by policy or by a human (with who)
-	EventDeny           EventType = "deny"           // denied, by policy or by a human
-	EventVote           EventType = "vote"           // one approval toward a quorum
+	EventRequest        EventType = "request"         // an agent asked; details hold the policy decision
+	EventApprove        EventType = "approve"         // approved, by policy or by a human (with who)
+	EventDeny           EventType = "deny"            // denied, by policy or by a human
+	EventVote           EventType = "vote"            // one approval toward a quorum
 	EventDecideRejected EventType = "decide_rejected" // a decision attempt that lost or was not allowed
-	EventTokenIssue     EventType = "token_issue"    // a token was minted and handed to its agent
+	EventTokenIssue     EventType = "token_issue"     // a token was minted and handed to its agent
 	EventUse            EventType = "use"
 	EventUseRejected    EventType = "use_rejected"
 	EventRevoke         EventType = "revoke"
@@ -185,8 +185,8 @@ type AuditStats struct {
 	ByType map[EventType]int64
 }
 
-// VerifyResult reports an audit verification.
-type VerifyResult struct {
+// AuditReport reports an audit verification.
+type AuditReport struct {
 	OK       bool
 	Checked  int64
 	LastSeq  int64

@@ -109,7 +109,9 @@ func (RequireApprovalEvaluator) Evaluate(context.Context, EvalInput) (Decision, 
 type EvaluatorFunc func(ctx context.Context, in EvalInput) (Decision, error)
 
 // Evaluate implements Evaluator.
-func (f EvaluatorFunc) Evaluate(ctx context.Context, in EvalInput) (Decision, error) { return f(ctx, in) }
+func (f EvaluatorFunc) Evaluate(ctx context.Context, in EvalInput) (Decision, error) {
+	return f(ctx, in)
+}
 
 // DecideInput is a human's answer to a pending request.
 type DecideInput struct {

@@ -1,0 +1,476 @@
+package agentotp
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Options configures a Service. Zero values pick safe defaults.
+type Options struct {
+	// Evaluator decides requests; nil sends everything to a human.
+	Evaluator Evaluator
+	// Notifier announces pending requests; nil means nobody is pinged
+	// (requests still wait for the console, CLI or API).
+	Notifier Notifier
+	Clock    Clock
+	Logger   *slog.Logger
+	// PublicURL is the base of approval links, e.g. http://127.0.0.1:8787.
+	PublicURL string
+	// MaxPendingPerAgent caps how many requests one agent may keep waiting
+	// for humans (approval flooding, threat B18). Default 100.
+	MaxPendingPerAgent int
+	// WaitPoll is how often waiters re-read the store for changes made by
+	// other processes. Default 1 s.
+	WaitPoll time.Duration
+}
+
+// Service is the permission workflow. All methods are safe for concurrent
+// use; every state change and its audit events commit in one transaction.
+type Service struct {
+	store      Store
+	eval       Evaluator
+	notifier   Notifier
+	clock      Clock
+	log        *slog.Logger
+	publicURL  string
+	maxPending int
+	waitPoll   time.Duration
+	broker     *broker
+}
+
+// NewService returns a Service over store.
+func NewService(store Store, opts Options) *Service {
+	s := &Service{
+		store:      store,
+		eval:       opts.Evaluator,
+		notifier:   opts.Notifier,
+		clock:      opts.Clock,
+		log:        opts.Logger,
+		publicURL:  opts.PublicURL,
+		maxPending: opts.MaxPendingPerAgent,
+		waitPoll:   opts.WaitPoll,
+		broker:     newBroker(),
+	}
+	if s.eval == nil {
+		s.eval = RequireApprovalEvaluator{}
+	}
+	if s.clock == nil {
+		s.clock = SystemClock
+	}
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	if s.maxPending <= 0 {
+		s.maxPending = 100
+	}
+	if s.waitPoll <= 0 {
+		s.waitPoll = time.Second
+	}
+	return s
+}
+
+// Store returns the underlying store (for read-only adapters).
+func (s *Service) Store() Store { return s.store }
+
+// Now returns the service clock's time.
+func (s *Service) Now() time.Time { return s.clock() }
+
+// ApprovalURL returns the console link for a permission.
+func (s *Service) ApprovalURL(id PermissionID) string {
+	return s.publicURL + "/ui/requests/" + string(id)
+}
+
+// event builds an audit event stamped with the actor and request id.
+func (s *Service) event(ctx context.Context, p Principal, t EventType, now time.Time, details map[string]any) *AuditEvent {
+	kind, id := p.Actor()
+	return &AuditEvent{ID: NewEventID(), Time: now, Type: t, ActorType: kind, ActorID: id, RequestID: RequestID(ctx), Details: details}
+}
+
+func permEvent(e *AuditEvent, perm *Permission) *AuditEvent {
+	e.AgentID, e.PermissionID = perm.AgentID, perm.ID
+	return e
+}
+
+var (
+	errNotFoundPermission = Errorf(CodeNotFound, "permission request not found")
+	errAgentOnly          = Errorf(CodeForbidden, "only agents can do this")
+	errDecideForbidden    = Errorf(CodeForbidden, "only approvers and admins can decide requests")
+	errAdminOnly          = Errorf(CodeForbidden, "admin role required")
+)
+
+// Authenticate resolves an API key to a principal. Keys are looked up by
+// their SHA-256 and compared in constant time; disabled principals get 403.
+func (s *Service) Authenticate(ctx context.Context, key string) (Principal, error) {
+	if !ValidKeyFormat(key) {
+		return Principal{}, Errorf(CodeUnauthorized, "invalid API key")
+	}
+	hash := HashSecret(key)
+	if key[:3] == AgentKeyPrefix {
+		a, err := s.store.AgentByKeyHash(ctx, hash)
+		if err != nil || !EqualHash(a.KeyHash, hash) {
+			return Principal{}, authError(err)
+		}
+		if !a.Active {
+			return Principal{}, Errorf(CodeForbidden, "agent is disabled")
+		}
+		return Principal{Agent: a}, nil
+	}
+	u, err := s.store.UserByKeyHash(ctx, hash)
+	if err != nil || !EqualHash(u.KeyHash, hash) {
+		return Principal{}, authError(err)
+	}
+	if !u.Active {
+		return Principal{}, Errorf(CodeForbidden, "user is disabled")
+	}
+	return Principal{User: u}, nil
+}
+
+func authError(err error) error {
+	if err == nil || errors.Is(err, ErrNotFound) {
+		return Errorf(CodeUnauthorized, "invalid API key")
+	}
+	return &Error{Code: CodeUnavailable, Message: "authentication unavailable", Err: err}
+}
+
+// RequestPermission records an agent's request, asks the policy and, on
+// auto-approval, returns the token (the only time it is shown). A retry with
+// the same idempotency key returns the same permission.
+func (s *Service) RequestPermission(ctx context.Context, p Principal, req PermissionRequest) (*Permission, Secret, error) {
+	if !p.IsAgent() {
+		return nil, "", errAgentOnly
+	}
+	if err := req.Validate(); err != nil {
+		return nil, "", err
+	}
+	agent := p.Agent
+	now := s.clock()
+
+	if req.IdempotencyKey != "" {
+		if perm, tok, done, err := s.replay(ctx, p, req, now); done || err != nil {
+			return perm, tok, err
+		}
+	}
+
+	d, evalErr := s.eval.Evaluate(ctx, EvalInput{
+		Agent: agent, Action: req.Action, Resource: req.Resource,
+		Scope: req.Scope, Context: req.Context, Now: now, Tool: req.Tool,
+	})
+	if evalErr != nil {
+		// Fail closed: a policy that cannot answer never approves.
+		s.log.Error("policy evaluation failed", "rule", d.Rule, "action", req.Action, "err", evalErr)
+		d = Decision{Effect: EffectDeny, Rule: d.Rule, PolicyVersion: d.PolicyVersion, Reason: "policy evaluation failed; request denied"}
+	}
+	if d.Effect == EffectRequireApproval {
+		n, err := s.store.CountPermissions(ctx, agent.ID, "*", time.Time{}, []Status{StatusPending})
+		if err != nil {
+			return nil, "", fmt.Errorf("count pending: %w", err)
+		}
+		if n >= s.maxPending {
+			return nil, "", Errorf(CodeRateLimited, "too many requests are waiting for approval")
+		}
+	}
+
+	perm := &Permission{
+		ID: NewPermissionID(), AgentID: agent.ID, Action: req.Action, Resource: req.Resource,
+		Scope: req.Scope, Context: req.Context, IdempotencyKey: req.IdempotencyKey,
+		CreatedAt: now, UpdatedAt: now, ApprovalExpiresAt: now.Add(req.ApprovalTTL),
+		Decision: d, TokenTTL: req.TTL, Uses: req.Uses, GrantedScope: req.Scope,
+	}
+	// A policy may shorten the token's life and uses, never extend them.
+	if d.TokenTTL > 0 && d.TokenTTL < perm.TokenTTL {
+		perm.TokenTTL = d.TokenTTL
+	}
+	if d.Uses > 0 && d.Uses < perm.Uses {
+		perm.Uses = d.Uses
+	}
+	if d.Scope != nil {
+		perm.GrantedScope = d.Scope
+	}
+
+	reqEvent := permEvent(s.event(ctx, p, EventRequest, now, map[string]any{
+		"action": req.Action, "resource": req.Resource, "scope": req.Scope, "context": req.Context,
+		"ttl": int(req.TTL / time.Second), "approvalTtl": int(req.ApprovalTTL / time.Second), "uses": req.Uses,
+		"decision": decisionDetails(d, evalErr),
+	}), perm)
+	perm.DecisionEventID = reqEvent.ID
+
+	var token Secret
+	events := []*AuditEvent{reqEvent}
+	switch d.Effect {
+	case EffectAutoApprove:
+		token = NewToken()
+		perm.Status = StatusApproved
+		perm.DecidedBy, perm.DecidedAt, perm.DecisionReason = "policy", now, d.Reason
+		perm.TokenExpiresAt = now.Add(perm.TokenTTL)
+		perm.UsesRemaining = perm.Uses
+		perm.TokenHash, perm.TokenIssuedAt = token.Hash(), now
+		events = append(events,
+			permEvent(s.event(ctx, p, EventApprove, now, map[string]any{"decidedBy": "policy", "rule": d.Rule, "scope": perm.GrantedScope}), perm),
+			permEvent(s.event(ctx, p, EventTokenIssue, now, tokenDetails(perm, "response")), perm))
+	case EffectDeny:
+		perm.Status = StatusDenied
+		perm.DecidedBy, perm.DecidedAt = "policy", now
+		perm.DecisionReason = d.Reason
+		if perm.DecisionReason == "" {
+			perm.DecisionReason = "denied by policy"
+		}
+		events = append(events, permEvent(s.event(ctx, p, EventDeny, now, map[string]any{"decidedBy": "policy", "rule": d.Rule, "reason": perm.DecisionReason}), perm))
+	default:
+		perm.Status = StatusPending
+	}
+
+	err := s.store.Update(ctx, func(tx Tx) error {
+		if err := tx.CreatePermission(ctx, perm); err != nil {
+			return err
+		}
+		return appendAll(ctx, tx, events)
+	})
+	if errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
+		// Lost a race with a concurrent retry carrying the same key.
+		if perm, tok, done, rerr := s.replay(ctx, p, req, now); done || rerr != nil {
+			return perm, tok, rerr
+		}
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if perm.Status == StatusPending {
+		s.notifyPending(perm, agent)
+	}
+	return perm, token, nil
+}
+
+// replay answers a retried request with the permission its key created. If
+// that permission was auto-approved and not used yet, the token from the
+// lost first response is replaced by a new one, so the retry is useful and
+// there is never more than one live token.
+func (s *Service) replay(ctx context.Context, p Principal, req PermissionRequest, now time.Time) (*Permission, Secret, bool, error) {
+	var (
+		out   *Permission
+		token Secret
+	)
+	err := s.store.Update(ctx, func(tx Tx) error {
+		perm, err := tx.PermissionByIdempotencyKey(ctx, p.Agent.ID, req.IdempotencyKey)
+		if errors.Is(err, ErrNotFound) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if perm.Action != req.Action || perm.Resource != req.Resource {
+			return Errorf(CodeConflict, "idempotencyKey was already used for a different request")
+		}
+		out = perm
+		if perm.Status != StatusApproved || perm.TokenHash == "" || perm.UsesRemaining != perm.Uses || perm.Due(now) {
+			return nil
+		}
+		token = NewToken()
+		perm.TokenHash, perm.TokenIssuedAt, perm.UpdatedAt = token.Hash(), now, now
+		if err := tx.UpdatePermission(ctx, perm, StatusApproved); err != nil {
+			return err
+		}
+		d := tokenDetails(perm, "response")
+		d["reissued"] = true
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventTokenIssue, now, d), perm))
+	})
+	if err != nil || out == nil {
+		return nil, "", false, err
+	}
+	return out.Effective(now), token, true, nil
+}
+
+func decisionDetails(d Decision, evalErr error) map[string]any {
+	m := map[string]any{"effect": d.Effect.String(), "rule": d.Rule, "policyVersion": d.PolicyVersion, "reason": d.Reason}
+	if d.Scope != nil {
+		m["scope"] = d.Scope
+	}
+	if evalErr != nil {
+		m["error"] = evalErr.Error()
+	}
+	return m
+}
+
+func tokenDetails(p *Permission, delivery string) map[string]any {
+	return map[string]any{
+		"expiresAt": p.TokenExpiresAt.UTC().Format(time.RFC3339Nano), "uses": p.Uses,
+		"scope": p.GrantedScope, "delivery": delivery,
+	}
+}
+
+func appendAll(ctx context.Context, tx Tx, events []*AuditEvent) error {
+	for _, e := range events {
+		if err := tx.AppendAudit(ctx, e); err != nil {
+			return fmt.Errorf("append audit %s: %w", e.Type, err)
+		}
+	}
+	return nil
+}
+
+func (s *Service) notifyPending(perm *Permission, agent *Agent) {
+	if s.notifier == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.notifier.NotifyPending(ctx, perm, agent); err != nil {
+			s.log.Warn("notify pending failed", "permission", perm.ID, "err", err)
+		}
+	}()
+}
+
+func (s *Service) notifyResolved(perm *Permission) {
+	s.broker.publish(perm.ID)
+	if s.notifier == nil {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := s.notifier.NotifyResolved(ctx, perm); err != nil {
+			s.log.Warn("notify resolved failed", "permission", perm.ID, "err", err)
+		}
+	}()
+}
+
+// load returns a permission the principal may see: its own for an agent,
+// any for approvers and admins. Others get not-found, never forbidden, so
+// ids of other agents' permissions cannot be probed (threat D4).
+func (s *Service) load(ctx context.Context, p Principal, id PermissionID) (*Permission, error) {
+	if !id.Valid() {
+		return nil, errNotFoundPermission
+	}
+	perm, err := s.store.Permission(ctx, id)
+	if errors.Is(err, ErrNotFound) {
+		return nil, errNotFoundPermission
+	}
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case p.IsAgent() && perm.AgentID == p.Agent.ID:
+	case !p.IsAgent() && p.Role().CanDecide():
+	default:
+		return nil, errNotFoundPermission
+	}
+	return perm, nil
+}
+
+// GetPermission returns a permission, waiting up to wait while it is
+// pending. When the caller is the owning agent and a human has approved, the
+// token is minted and returned — exactly once; later reads never carry it.
+func (s *Service) GetPermission(ctx context.Context, p Principal, id PermissionID, wait time.Duration) (*Permission, Secret, error) {
+	perm, err := s.load(ctx, p, id)
+	if err != nil {
+		return nil, "", err
+	}
+	if wait > 0 && perm.Effective(s.clock()).Status == StatusPending {
+		perm, err = s.waitChange(ctx, perm, wait)
+		if err != nil {
+			return nil, "", err
+		}
+	}
+	now := s.clock()
+	if p.IsAgent() && perm.TokenPending() && !perm.Due(now) {
+		return s.deliver(ctx, p, perm.ID, now)
+	}
+	return perm.Effective(now), "", nil
+}
+
+// waitChange blocks until perm leaves pending, ctx ends or wait passes.
+func (s *Service) waitChange(ctx context.Context, perm *Permission, wait time.Duration) (*Permission, error) {
+	ch, cancel := s.broker.subscribe(perm.ID)
+	defer cancel()
+	deadline := time.NewTimer(wait)
+	defer deadline.Stop()
+	poll := time.NewTicker(s.waitPoll)
+	defer poll.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return perm, nil
+		case <-deadline.C:
+			return perm, nil
+		case <-ch:
+		case <-poll.C:
+		}
+		cur, err := s.store.Permission(ctx, perm.ID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return perm, nil
+			}
+			return nil, err
+		}
+		perm = cur
+		if perm.Effective(s.clock()).Status != StatusPending {
+			return perm, nil
+		}
+	}
+}
+
+// deliver mints the token of a human-approved permission for its agent.
+func (s *Service) deliver(ctx context.Context, p Principal, id PermissionID, now time.Time) (*Permission, Secret, error) {
+	var (
+		out   *Permission
+		token Secret
+	)
+	err := s.store.Update(ctx, func(tx Tx) error {
+		perm, err := tx.Permission(ctx, id)
+		if err != nil {
+			return err
+		}
+		out = perm
+		if !perm.TokenPending() || perm.Due(now) || perm.AgentID != p.Agent.ID {
+			return nil // someone else got it first, or it lapsed
+		}
+		tok := NewToken()
+		if err := tx.IssueToken(ctx, id, tok.Hash(), now); err != nil {
+			return err
+		}
+		perm.TokenHash, perm.TokenIssuedAt = tok.Hash(), now
+		if err := tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventTokenIssue, now, tokenDetails(perm, "get")), perm)); err != nil {
+			return err
+		}
+		token = tok
+		return nil
+	})
+	if err != nil {
+		return nil, "", err
+	}
+	return out.Effective(now), token, nil
+}
+
+// Watch calls fn with the permission now and after every change until it is
+// terminal or ctx ends. The owning agent's token rides along once, as in
+// GetPermission. Server-Sent Events use it.
+func (s *Service) Watch(ctx context.Context, p Principal, id PermissionID, fn func(*Permission, Secret) error) error {
+	ch, cancel := s.broker.subscribe(id)
+	defer cancel()
+	poll := time.NewTicker(s.waitPoll)
+	defer poll.Stop()
+	var last *Permission
+	for {
+		perm, tok, err := s.GetPermission(ctx, p, id, 0)
+		if err != nil {
+			return err
+		}
+		if last == nil || tok != "" || perm.Status != last.Status || perm.UsesRemaining != last.UsesRemaining {
+			if err := fn(perm, tok); err != nil {
+				return err
+			}
+			last = perm
+		}
+		if perm.Status.Terminal() {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-ch:
+		case <-poll.C:
+		}
+	}
+}

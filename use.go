@@ -1,0 +1,253 @@
+package agentotp
+
+import (
+	"context"
+	"errors"
+	"time"
+)
+
+// VerifyResult answers a verify call. It never consumes a use.
+type VerifyResult struct {
+	Valid         bool
+	Scope         map[string]any
+	UsesRemaining int
+	ExpiresAt     time.Time
+	Reason        string
+}
+
+// UseResult answers a use call.
+type UseResult struct {
+	Success       bool
+	UsesRemaining int
+	Reason        string
+}
+
+// Reasons a token is refused; they name the state, never the secret.
+const (
+	ReasonTokenMismatch = "token does not match this permission"
+	ReasonTokenExpired  = "token has expired"
+	ReasonTokenUsed     = "token has been used up"
+	ReasonRevoked       = "permission was revoked"
+	ReasonNotApproved   = "permission is not approved"
+	ReasonNotIssued     = "token has not been issued yet"
+)
+
+// tokenState explains why token cannot be used for perm at now, or "".
+func tokenState(perm *Permission, token string, now time.Time) string {
+	if perm.TokenHash == "" {
+		if perm.Status == StatusApproved {
+			return ReasonNotIssued
+		}
+		return ReasonNotApproved
+	}
+	if !ValidTokenFormat(token) || !EqualHash(perm.TokenHash, HashSecret(token)) {
+		return ReasonTokenMismatch
+	}
+	switch perm.Effective(now).Status {
+	case StatusApproved:
+		return ""
+	case StatusUsed:
+		return ReasonTokenUsed
+	case StatusRevoked:
+		return ReasonRevoked
+	case StatusExpired:
+		return ReasonTokenExpired
+	}
+	return ReasonNotApproved
+}
+
+// Verify reports whether token is currently good for the permission,
+// without spending it.
+func (s *Service) Verify(ctx context.Context, p Principal, id PermissionID, token string) (VerifyResult, error) {
+	if !p.IsAgent() {
+		return VerifyResult{}, errAgentOnly
+	}
+	perm, err := s.load(ctx, p, id)
+	if err != nil {
+		return VerifyResult{}, err
+	}
+	if reason := tokenState(perm, token, s.clock()); reason != "" {
+		return VerifyResult{Reason: reason}, nil
+	}
+	return VerifyResult{Valid: true, Scope: perm.GrantedScope, UsesRemaining: perm.UsesRemaining, ExpiresAt: perm.TokenExpiresAt}, nil
+}
+
+// Use spends one use of token on permission id, after checking details
+// against the granted scope and the policy's useWhen. A refused use spends
+// nothing and is audited with its reason.
+func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token string, details map[string]any) (UseResult, error) {
+	if !p.IsAgent() {
+		return UseResult{}, errAgentOnly
+	}
+	if details == nil {
+		details = map[string]any{}
+	}
+	if err := ValidateObject("actionDetails", details); err != nil {
+		return UseResult{}, err
+	}
+	perm, err := s.load(ctx, p, id)
+	if err != nil {
+		return UseResult{}, err
+	}
+	now := s.clock()
+	reason := tokenState(perm, token, now)
+	if reason == "" {
+		if err := CheckDetails(perm.GrantedScope, details); err != nil {
+			reason = "outside the granted scope: " + errMessage(err)
+		}
+	}
+	if uc, ok := s.eval.(UseChecker); ok && reason == "" && perm.Decision.UseWhen != "" {
+		if err := uc.CheckUse(ctx, perm, details, now); err != nil {
+			reason = "refused by policy: " + errMessage(err)
+		}
+	}
+
+	var res UseResult
+	err = s.store.Update(ctx, func(tx Tx) error {
+		if reason == "" {
+			remaining, err := tx.SpendToken(ctx, id, p.Agent.ID, HashSecret(token), now)
+			switch {
+			case err == nil:
+				res = UseResult{Success: true, UsesRemaining: remaining}
+				return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUse, now, map[string]any{
+					"actionDetails": details, "usesRemaining": remaining,
+				}), perm))
+			case !errors.Is(err, ErrConflict):
+				return err
+			}
+			// Lost a race (another use, a revoke or expiry got in first):
+			// explain from the current state.
+			cur, err := tx.Permission(ctx, id)
+			if err != nil {
+				return err
+			}
+			if reason = tokenState(cur, token, now); reason == "" {
+				reason = ReasonTokenUsed
+			}
+		}
+		res = UseResult{Reason: reason}
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
+			"reason": reason, "actionDetails": details,
+		}), perm))
+	})
+	if err != nil {
+		return UseResult{}, err
+	}
+	if res.Success && res.UsesRemaining == 0 {
+		s.broker.publish(id)
+	}
+	return res, nil
+}
+
+func errMessage(err error) string {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Message
+	}
+	return "check failed"
+}
+
+// Revoke ends a permission: an approved grant's token stops working at once,
+// a pending request is withdrawn. The owning agent and admins may revoke.
+func (s *Service) Revoke(ctx context.Context, p Principal, id PermissionID, reason string) (*Permission, error) {
+	if !p.IsAgent() && p.Role() != RoleAdmin {
+		return nil, errAdminOnly
+	}
+	if len(reason) > MaxReasonLen || !validText(reason) {
+		return nil, ValidationError("reason", "must be printable text of at most 1000 bytes")
+	}
+	perm, err := s.load(ctx, p, id)
+	if err != nil {
+		return nil, err
+	}
+	now := s.clock()
+	var out *Permission
+	err = s.store.Update(ctx, func(tx Tx) error {
+		cur, err := tx.Permission(ctx, perm.ID)
+		if err != nil {
+			return err
+		}
+		if eff := cur.Effective(now).Status; eff != StatusPending && eff != StatusApproved {
+			return Errorf(CodeConflict, "permission request already %s", eff)
+		}
+		from := cur.Status
+		cur.Status, cur.RevokedAt, cur.UpdatedAt = StatusRevoked, now, now
+		if from == StatusPending {
+			cur.DecidedAt = now
+			cur.DecidedBy = "revoked"
+		}
+		if err := tx.UpdatePermission(ctx, cur, from); err != nil {
+			return err
+		}
+		out = cur
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventRevoke, now, map[string]any{"from": string(from), "reason": reason}), cur))
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.notifyResolved(out)
+	return out, nil
+}
+
+// ExpireDue moves due permissions to expired, each in its own transaction
+// with an expire event, and returns how many it expired.
+func (s *Service) ExpireDue(ctx context.Context) (int, error) {
+	n := 0
+	for {
+		now := s.clock()
+		due, err := s.store.DuePermissions(ctx, now, 100)
+		if err != nil {
+			return n, err
+		}
+		if len(due) == 0 {
+			return n, nil
+		}
+		progressed := false
+		for _, d := range due {
+			var expired *Permission
+			err := s.store.Update(ctx, func(tx Tx) error {
+				cur, err := tx.Permission(ctx, d.ID)
+				if err != nil || !cur.Due(now) {
+					return err
+				}
+				from := cur.Status
+				cur.Status, cur.UpdatedAt = StatusExpired, now
+				if from == StatusPending {
+					cur.DecidedBy, cur.DecidedAt, cur.DecisionReason = "timeout", now, "nobody answered in time"
+				}
+				if err := tx.UpdatePermission(ctx, cur, from); err != nil {
+					return err
+				}
+				expired = cur
+				return tx.AppendAudit(ctx, permEvent(s.event(ctx, SystemPrincipal, EventExpire, now, map[string]any{"from": string(from)}), cur))
+			})
+			if err != nil && !errors.Is(err, ErrConflict) {
+				return n, err
+			}
+			if expired != nil {
+				n++
+				progressed = true
+				s.notifyResolved(expired)
+			}
+		}
+		if !progressed || len(due) < 100 {
+			return n, nil
+		}
+	}
+}
+
+// RunSweeper expires due permissions every interval until ctx ends.
+func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		if _, err := s.ExpireDue(ctx); err != nil && ctx.Err() == nil {
+			s.log.Error("expiry sweep failed", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
