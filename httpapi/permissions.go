@@ -1,0 +1,259 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentotp/agentotp"
+)
+
+// MaxWait bounds long-polls (PRODUCT §3).
+const MaxWait = 60 * time.Second
+
+func seconds(field string, v *int) (time.Duration, error) {
+	if v == nil {
+		return 0, nil
+	}
+	if *v <= 0 {
+		return 0, agentotp.ValidationError(field, "must be a positive number of seconds")
+	}
+	return time.Duration(*v) * time.Second, nil
+}
+
+func (s *Server) requestPermission(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b permissionRequestBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	req := agentotp.PermissionRequest{Action: b.Action, Resource: b.Resource, Scope: b.Scope, Context: b.Context,
+		IdempotencyKey: b.IdempotencyKey}
+	if req.IdempotencyKey == "" {
+		req.IdempotencyKey = r.Header.Get("Idempotency-Key")
+	}
+	var err error
+	if req.TTL, err = seconds("ttl", b.TTL); err != nil {
+		writeError(w, err)
+		return
+	}
+	if req.ApprovalTTL, err = seconds("approvalTtl", b.ApprovalTTL); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Uses != nil {
+		if *b.Uses <= 0 {
+			writeError(w, agentotp.ValidationError("uses", "must be between 1 and 1000"))
+			return
+		}
+		req.Uses = *b.Uses
+	}
+	perm, token, err := s.svc.RequestPermission(r.Context(), p, req)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	status := http.StatusOK
+	switch perm.Status {
+	case agentotp.StatusApproved:
+		status = http.StatusCreated
+	case agentotp.StatusPending:
+		status = http.StatusAccepted
+	}
+	writeData(w, status, s.permissionView(perm, token, false))
+}
+
+func parseWait(q string) (time.Duration, error) {
+	if q == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(q)
+	if err != nil {
+		n, nerr := strconv.Atoi(q)
+		if nerr != nil {
+			return 0, agentotp.ValidationError("wait", "must be a duration such as 30s, or seconds")
+		}
+		d = time.Duration(n) * time.Second
+	}
+	if d < 0 {
+		return 0, agentotp.ValidationError("wait", "must not be negative")
+	}
+	return min(d, MaxWait), nil
+}
+
+func (s *Server) getPermission(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	wait, err := parseWait(r.URL.Query().Get("wait"))
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	perm, token, err := s.svc.GetPermission(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), wait)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeData(w, http.StatusOK, s.permissionView(perm, token, !p.IsAgent()))
+}
+
+// permissionEvents streams status changes as Server-Sent Events until the
+// permission is terminal or the client leaves. The token is sent once.
+func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	flusher, ok := w.(http.Flusher)
+	if !ok {
+		writeError(w, fmt.Errorf("streaming unsupported"))
+		return
+	}
+	id := agentotp.PermissionID(r.PathValue("id"))
+	started := false
+	heartbeat := time.NewTicker(15 * time.Second)
+	defer heartbeat.Stop()
+	err := s.svc.Watch(r.Context(), p, id, func(perm *agentotp.Permission, token agentotp.Secret) error {
+		if !started {
+			w.Header().Set("Content-Type", "text/event-stream")
+			w.Header().Set("Cache-Control", "no-store")
+			w.Header().Set("X-Accel-Buffering", "no")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
+		b, err := json.Marshal(s.permissionView(perm, token, false))
+		if err != nil {
+			return err
+		}
+		if _, err := fmt.Fprintf(w, "event: status\ndata: %s\n\n", b); err != nil {
+			return err
+		}
+		flusher.Flush()
+		return nil
+	})
+	if err != nil && !started {
+		s.fail(w, r, err)
+	}
+}
+
+func (s *Server) verify(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b verifyBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Token == "" {
+		writeError(w, agentotp.ValidationError("token", "is required"))
+		return
+	}
+	res, err := s.svc.Verify(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), b.Token)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	v := verifyJSON{Valid: res.Valid, Reason: res.Reason}
+	if res.Valid {
+		n := res.UsesRemaining
+		v.Scope, v.UsesRemaining, v.ExpiresAt = res.Scope, &n, ts(res.ExpiresAt)
+	}
+	writeData(w, http.StatusOK, v)
+}
+
+func (s *Server) use(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b useBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Token == "" {
+		writeError(w, agentotp.ValidationError("token", "is required"))
+		return
+	}
+	res, err := s.svc.Use(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), b.Token, b.ActionDetails)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeData(w, http.StatusOK, useJSON{Success: res.Success, UsesRemaining: res.UsesRemaining, Reason: res.Reason})
+}
+
+func (s *Server) revoke(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b revokeBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	perm, err := s.svc.Revoke(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), b.Reason)
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeData(w, http.StatusOK, s.permissionView(perm, "", !p.IsAgent()))
+}
+
+func (s *Server) decide(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b decideBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Approved == nil {
+		writeError(w, agentotp.ValidationError("approved", "is required"))
+		return
+	}
+	perm, err := s.svc.Decide(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), agentotp.DecideInput{
+		Approved: *b.Approved, Reason: b.Reason, ScopeModifications: b.ScopeModifications,
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	// Never a token here: it goes to the requesting agent only.
+	writeData(w, http.StatusOK, s.permissionView(perm, "", true))
+}
+
+func pageFrom(r *http.Request) (agentotp.Page, error) {
+	var p agentotp.Page
+	q := r.URL.Query()
+	for _, f := range []struct {
+		name string
+		dst  *int
+	}{{"page", &p.Page}, {"limit", &p.Limit}} {
+		if v := q.Get(f.name); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || (f.name == "limit" && n > 100) {
+				return p, agentotp.ValidationError(f.name, "must be a positive integer (limit at most 100)")
+			}
+			*f.dst = n
+		}
+	}
+	return p.Normalize(), nil
+}
+
+func (s *Server) approvals(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	page, err := pageFrom(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	status := agentotp.Status(strings.TrimSpace(r.URL.Query().Get("status")))
+	if status == "" {
+		status = agentotp.StatusPending
+	}
+	list, total, err := s.svc.ListPermissions(r.Context(), p, agentotp.PermissionFilter{
+		Status: status, AgentID: agentotp.AgentID(r.URL.Query().Get("agentId")), Page: page})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	names := map[agentotp.AgentID]string{}
+	out := make([]permissionJSON, 0, len(list))
+	for _, perm := range list {
+		v := s.permissionView(perm, "", true)
+		if _, ok := names[perm.AgentID]; !ok && perm.AgentID != "" {
+			if a, err := s.svc.Store().Agent(r.Context(), perm.AgentID); err == nil {
+				names[perm.AgentID] = a.Name
+			}
+		}
+		v.AgentName = names[perm.AgentID]
+		out = append(out, v)
+	}
+	writeList(w, out, newPageMeta(page, total))
+}
