@@ -26,8 +26,24 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	}
 	cmd, rest := args[0], args[1:]
 	switch cmd {
+	case "serve":
+		return runServe(ctx, rest, stdout, stderr)
+	case "agents":
+		return runAgents(ctx, rest, stdout, stderr)
+	case "users":
+		return runUsers(ctx, rest, stdout, stderr)
+	case "pending":
+		return runPending(ctx, rest, stdout, stderr)
+	case "approve":
+		return runDecide(ctx, true, rest, stdout, stderr)
+	case "deny":
+		return runDecide(ctx, false, rest, stdout, stderr)
+	case "audit":
+		return runAudit(ctx, rest, stdout, stderr)
 	case "policy":
 		return runPolicy(ctx, rest, stdout, stderr)
+	case "version", "--version":
+		return runVersion(stdout)
 	case "help", "-h", "--help":
 		usage(stdout)
 		return 0

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/httpapi"
+	"github.com/agentotp/agentotp/store/sqlite"
+)
+
+// env is the process environment; tests replace it.
+var env = os.Getenv
+
+func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agentotp serve", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	load := configFlags(fs)
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	cfg, err := load(env)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp serve:", err)
+		return 2
+	}
+	if err := serve(ctx, cfg, stdout, stderr); err != nil {
+		fmt.Fprintln(stderr, "agentotp serve:", err)
+		return 1
+	}
+	return 0
+}
+
+// app is the wired server core shared by serve and the local admin commands.
+type app struct {
+	store *sqlite.Store
+	svc   *agentotp.Service
+	log   *slog.Logger
+}
+
+func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string) (*app, error) {
+	if cfg.DB == "" {
+		if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+			return nil, fmt.Errorf("create data directory: %w", err)
+		}
+	}
+	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{})
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", cfg.DBPath(), err)
+	}
+	a := &app{store: st, log: logger}
+	eval, err := buildEvaluator(ctx, cfg, st, logger, func(ctx context.Context, version string, err error) {
+		if a.svc != nil {
+			a.svc.RecordPolicyReload(ctx, version, err)
+		}
+	})
+	if err != nil {
+		st.Close()
+		return nil, err
+	}
+	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: eval, Logger: logger, PublicURL: publicURL})
+	return a, nil
+}
+
+func (a *app) Close() error { return a.store.Close() }
+
+// adminKey returns the bootstrap admin key: from the environment, else from
+// <data>/admin.key, else a new one saved there (0600). fresh reports the
+// last case, when the key must be shown once.
+func adminKey(cfg Config) (key agentotp.Secret, fresh bool, err error) {
+	if cfg.AdminKey != "" {
+		return cfg.AdminKey, false, nil
+	}
+	path := filepath.Join(cfg.Data, "admin.key")
+	b, err := os.ReadFile(path)
+	if err == nil {
+		k := agentotp.Secret(strings.TrimSpace(string(b)))
+		if !agentotp.ValidKeyFormat(k.Reveal()) {
+			return "", false, fmt.Errorf("%s does not hold a valid uk_ key", path)
+		}
+		return k, false, nil
+	}
+	if !errors.Is(err, os.ErrNotExist) {
+		return "", false, err
+	}
+	k := agentotp.NewUserKey()
+	if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
+		return "", false, err
+	}
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return "", false, fmt.Errorf("save admin key: %w", err)
+	}
+	if _, err := fmt.Fprintln(f, k.Reveal()); err != nil {
+		f.Close()
+		return "", false, fmt.Errorf("save admin key: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return "", false, err
+	}
+	return k, true, nil
+}
+
+func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
+	logger := newLogger(cfg, stderr)
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	defer ln.Close()
+	url := "http://" + ln.Addr().String()
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = url
+	}
+	a, err := openApp(ctx, cfg, logger, publicURL)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+
+	key, fresh, err := adminKey(cfg)
+	if err != nil {
+		return err
+	}
+	if _, err := a.svc.EnsureAdmin(ctx, key); err != nil {
+		return fmt.Errorf("bootstrap admin: %w", err)
+	}
+
+	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version})
+
+	// Cancelling baseCtx ends long-polls and event streams at shutdown.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	defer stopSweep()
+	go a.svc.RunSweeper(sweepCtx, time.Second)
+
+	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.DBPath())
+	if fresh {
+		fmt.Fprintf(stdout, "admin key (shown once, saved to %s): %s\n", filepath.Join(cfg.Data, "admin.key"), key.Reveal())
+	}
+	fmt.Fprintf(stdout, "create an agent: agentotp agents create my-agent --data %s\n", cfg.Data)
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(ln) }()
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	logger.Info("shutting down")
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cancelBase()
+	if err := srv.Shutdown(shutdownCtx); err != nil {
+		return fmt.Errorf("shutdown: %w", err)
+	}
+	return nil
+}
+
+// buildEvaluator returns the policy evaluator for cfg: everything requires
+// approval until a policy file is configured.
+func buildEvaluator(_ context.Context, cfg Config, _ *sqlite.Store, _ *slog.Logger, _ func(context.Context, string, error)) (agentotp.Evaluator, error) {
+	if cfg.Policies != "" {
+		return nil, fmt.Errorf("policies: the policy engine is not wired in yet")
+	}
+	return agentotp.RequireApprovalEvaluator{}, nil
+}
