@@ -1,0 +1,108 @@
+package agentotp_test
+
+import (
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+)
+
+func TestNarrowScope(t *testing.T) {
+	tests := []struct {
+		name         string
+		base, limits map[string]any
+		want         map[string]any
+	}{
+		{"numbers take the smaller", map[string]any{"max": 100.0}, map[string]any{"max": 1048576.0}, map[string]any{"max": 100.0}},
+		{"template lowers a number", map[string]any{"max": 5.0}, map[string]any{"max": 1.0}, map[string]any{"max": 1.0}},
+		{"lists intersect in base order", map[string]any{"ext": []any{".md", ".exe", ".txt"}}, map[string]any{"ext": []any{".txt", ".md"}}, map[string]any{"ext": []any{".md", ".txt"}}},
+		{"disjoint lists give empty", map[string]any{"ext": []any{".exe"}}, map[string]any{"ext": []any{".txt"}}, map[string]any{"ext": []any{}}},
+		{"booleans AND", map[string]any{"a": true, "b": false}, map[string]any{"a": false, "b": true}, map[string]any{"a": false, "b": false}},
+		{"strings take the template's", map[string]any{"to": "x@y"}, map[string]any{"to": "a@b"}, map[string]any{"to": "a@b"}},
+		{"new keys are added", map[string]any{}, map[string]any{"max_emails": 1.0}, map[string]any{"max_emails": 1.0}},
+		{"untouched keys stay", map[string]any{"keep": "me"}, nil, map[string]any{"keep": "me"}},
+		{"objects narrow recursively", map[string]any{"o": map[string]any{"n": 9.0, "s": "x"}}, map[string]any{"o": map[string]any{"n": 3.0}}, map[string]any{"o": map[string]any{"n": 3.0, "s": "x"}}},
+		{"ints and floats compare", map[string]any{"n": 3}, map[string]any{"n": 7.0}, map[string]any{"n": 3}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			require.Equal(t, tt.want, agentotp.NarrowScope(tt.base, tt.limits))
+		})
+	}
+}
+
+func TestCheckDetails(t *testing.T) {
+	scope := map[string]any{
+		"max_emails": 1.0, "subject_pattern": "^Invoice", "allowed_domains": []any{"example.com"},
+		"blocked_paths": []any{"/etc"}, "recipient": "client@example.com", "attachments": false, "regions": []any{"eu", "us"},
+	}
+	tests := []struct {
+		name    string
+		details map[string]any
+		bad     string // offending key, "" when allowed
+	}{
+		{"nothing claimed", map[string]any{}, ""},
+		{"within every limit", map[string]any{"emails": 1.0, "subject": "Invoice #1", "domains": "example.com", "recipient": "client@example.com", "regions": []any{"eu"}}, ""},
+		{"unmentioned keys pass", map[string]any{"body": "hi"}, ""},
+		{"over a max", map[string]any{"emails": 2.0}, "emails"},
+		{"list counted against max", map[string]any{"emails": []any{"a", "b"}}, "emails"},
+		{"max needs a number", map[string]any{"emails": "one"}, "emails"},
+		{"pattern mismatch", map[string]any{"subject": "Hello"}, "subject"},
+		{"not in allowed list", map[string]any{"domains": "evil.com"}, "domains"},
+		{"in blocked list", map[string]any{"paths": []any{"/tmp", "/etc"}}, "paths"},
+		{"different recipient", map[string]any{"recipient": "attacker@evil.com"}, "recipient"},
+		{"bool widened", map[string]any{"attachments": true}, "attachments"},
+		{"list widened", map[string]any{"regions": []any{"eu", "apac"}}, "regions"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := agentotp.CheckDetails(scope, tt.details)
+			if tt.bad == "" {
+				require.NoError(t, err)
+				return
+			}
+			require.ErrorIs(t, err, agentotp.ErrValidation)
+			require.Contains(t, err.Error(), "actionDetails."+tt.bad)
+		})
+	}
+}
+
+func TestValidateRequest(t *testing.T) {
+	big := map[string]any{}
+	for i := range 300 {
+		big[string(rune('a'+i%26))+string(rune('A'+i/26))] = i
+	}
+	deep := map[string]any{}
+	cur := deep
+	for range 20 {
+		next := map[string]any{}
+		cur["x"] = next
+		cur = next
+	}
+	tests := []struct {
+		name  string
+		req   agentotp.PermissionRequest
+		field string
+	}{
+		{"no action", agentotp.PermissionRequest{}, "action"},
+		{"control char", agentotp.PermissionRequest{Action: "a\x00b"}, "action"},
+		{"invalid utf8", agentotp.PermissionRequest{Action: "a\xffb"}, "action"},
+		{"ttl low", agentotp.PermissionRequest{Action: "a", TTL: 29e9}, "ttl"},
+		{"ttl high", agentotp.PermissionRequest{Action: "a", TTL: 3601e9}, "ttl"},
+		{"uses high", agentotp.PermissionRequest{Action: "a", Uses: 1001}, "uses"},
+		{"too many keys", agentotp.PermissionRequest{Action: "a", Scope: big}, "scope"},
+		{"too deep", agentotp.PermissionRequest{Action: "a", Context: deep}, "context"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			err := tt.req.Validate()
+			require.ErrorIs(t, err, agentotp.ErrValidation)
+			require.Contains(t, err.Error(), tt.field)
+		})
+	}
+	ok := agentotp.PermissionRequest{Action: "gmail.send"}
+	require.NoError(t, ok.Validate())
+	require.Equal(t, agentotp.DefaultTokenTTL, ok.TTL)
+	require.Equal(t, 1, ok.Uses)
+}

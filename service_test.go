@@ -1,0 +1,498 @@
+package agentotp_test
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/store/sqlite"
+)
+
+// fakeClock is a movable clock: tests move time instead of sleeping.
+type fakeClock struct {
+	mu  sync.Mutex
+	now time.Time
+}
+
+func (c *fakeClock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.now }
+func (c *fakeClock) Set(t time.Time) { c.mu.Lock(); c.now = t; c.mu.Unlock() }
+func (c *fakeClock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.now = c.now.Add(d)
+	c.mu.Unlock()
+}
+
+type fixture struct {
+	t     *testing.T
+	ctx   context.Context
+	store agentotp.Store
+	svc   *agentotp.Service
+	clock *fakeClock
+	admin agentotp.Principal
+	eff   atomic.Int32 // the effect the test evaluator returns
+}
+
+func newFixture(t *testing.T, mods ...func(*agentotp.Options)) *fixture {
+	t.Helper()
+	ctx := context.Background()
+	st, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "agentotp.db"), sqlite.Options{Synchronous: "NORMAL"})
+	require.NoError(t, err)
+	t.Cleanup(func() { st.Close() })
+	f := &fixture{t: t, ctx: ctx, store: st, clock: &fakeClock{now: time.Date(2026, 11, 25, 12, 0, 0, 0, time.UTC)}}
+	f.eff.Store(int32(agentotp.EffectRequireApproval))
+	opts := agentotp.Options{
+		Clock: f.clock.Now, WaitPoll: 20 * time.Millisecond,
+		Evaluator: agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.Effect(f.eff.Load()), Rule: "test"}, nil
+		}),
+	}
+	for _, m := range mods {
+		m(&opts)
+	}
+	f.svc = agentotp.NewService(st, opts)
+	key := agentotp.NewUserKey()
+	_, err = f.svc.EnsureAdmin(ctx, key)
+	require.NoError(t, err)
+	f.admin, err = f.svc.Authenticate(ctx, key.Reveal())
+	require.NoError(t, err)
+	return f
+}
+
+func (f *fixture) agent(name string) agentotp.Principal {
+	f.t.Helper()
+	_, key, err := f.svc.CreateAgent(f.ctx, f.admin, agentotp.AgentInput{Name: name})
+	require.NoError(f.t, err)
+	p, err := f.svc.Authenticate(f.ctx, key.Reveal())
+	require.NoError(f.t, err)
+	return p
+}
+
+func (f *fixture) approver(name string) agentotp.Principal {
+	f.t.Helper()
+	_, key, err := f.svc.CreateUser(f.ctx, f.admin, agentotp.UserInput{Name: name, Role: agentotp.RoleApprover})
+	require.NoError(f.t, err)
+	p, err := f.svc.Authenticate(f.ctx, key.Reveal())
+	require.NoError(f.t, err)
+	return p
+}
+
+// granted returns an auto-approved permission with uses uses and its token.
+func (f *fixture) granted(p agentotp.Principal, uses int) (*agentotp.Permission, string) {
+	f.t.Helper()
+	prev := f.eff.Swap(int32(agentotp.EffectAutoApprove))
+	defer f.eff.Store(prev)
+	perm, tok, err := f.svc.RequestPermission(f.ctx, p, agentotp.PermissionRequest{Action: "gmail.send", Uses: uses})
+	require.NoError(f.t, err)
+	require.Equal(f.t, agentotp.StatusApproved, perm.Status)
+	require.NotEmpty(f.t, tok.Reveal())
+	return perm, tok.Reveal()
+}
+
+func (f *fixture) events(id agentotp.PermissionID) []agentotp.EventType {
+	f.t.Helper()
+	list, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: id, Ascending: true, Limit: 100})
+	require.NoError(f.t, err)
+	var out []agentotp.EventType
+	for _, e := range list {
+		out = append(out, e.Type)
+	}
+	return out
+}
+
+func TestTokenBinding(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.agent("a"), f.agent("b")
+	permA, tokA := f.granted(a, 1)
+	permA2, tokA2 := f.granted(a, 1)
+	permB, _ := f.granted(b, 1)
+
+	use := func(p agentotp.Principal, id agentotp.PermissionID, tok string) (agentotp.UseResult, error) {
+		return f.svc.Use(f.ctx, p, id, tok, nil)
+	}
+	// Another permission of the same agent (A3).
+	res, err := use(a, permA2.ID, tokA)
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	require.Equal(t, agentotp.ReasonTokenMismatch, res.Reason)
+	// Another agent presenting a stolen token (A5): B cannot even see A's permission.
+	_, err = use(b, permA.ID, tokA)
+	require.ErrorIs(t, err, agentotp.ErrNotFound)
+	res, err = use(b, permB.ID, tokA)
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	// The genuine use works once (A1).
+	res, err = use(a, permA.ID, tokA)
+	require.NoError(t, err)
+	require.True(t, res.Success)
+	require.Equal(t, 0, res.UsesRemaining)
+	res, err = use(a, permA.ID, tokA)
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	require.Equal(t, agentotp.ReasonTokenUsed, res.Reason)
+	// Revoked (A10).
+	_, err = f.svc.Revoke(f.ctx, a, permA2.ID, "changed my mind")
+	require.NoError(t, err)
+	res, err = use(a, permA2.ID, tokA2)
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	require.Equal(t, agentotp.ReasonRevoked, res.Reason)
+	// Every refusal is audited and spent nothing.
+	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove, agentotp.EventTokenIssue,
+		agentotp.EventUseRejected, agentotp.EventRevoke, agentotp.EventUseRejected}, f.events(permA2.ID))
+}
+
+func TestTokenExpiryBoundary(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	perm, tok := f.granted(a, 3)
+	exp := perm.TokenExpiresAt
+	require.Equal(t, f.clock.Now().Add(agentotp.DefaultTokenTTL), exp)
+
+	f.clock.Set(exp.Add(-time.Nanosecond))
+	v, err := f.svc.Verify(f.ctx, a, perm.ID, tok)
+	require.NoError(t, err)
+	require.True(t, v.Valid)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+	require.NoError(t, err)
+	require.True(t, res.Success)
+
+	for _, at := range []time.Time{exp, exp.Add(time.Nanosecond), exp.Add(time.Hour)} {
+		f.clock.Set(at)
+		v, err := f.svc.Verify(f.ctx, a, perm.ID, tok)
+		require.NoError(t, err)
+		require.False(t, v.Valid)
+		require.Equal(t, agentotp.ReasonTokenExpired, v.Reason)
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+		require.NoError(t, err)
+		require.False(t, res.Success, "use at %s", at)
+		got, _, err := f.svc.GetPermission(f.ctx, a, perm.ID, 0)
+		require.NoError(t, err)
+		require.Equal(t, agentotp.StatusExpired, got.Status, "reads treat past-due as expired")
+	}
+	n, err := f.svc.ExpireDue(f.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	stored, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusExpired, stored.Status)
+	require.Equal(t, 2, stored.UsesRemaining, "the refused uses spent nothing")
+}
+
+func TestConcurrentUseThroughService(t *testing.T) {
+	for _, uses := range []int{1, 5} {
+		f := newFixture(t)
+		a := f.agent("a")
+		perm, tok := f.granted(a, uses)
+		var ok atomic.Int32
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for range 200 {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+				if err == nil && res.Success {
+					ok.Add(1)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		require.Equal(t, int32(uses), ok.Load(), "uses=%d", uses)
+		got, err := f.store.Permission(f.ctx, perm.ID)
+		require.NoError(t, err)
+		require.Equal(t, agentotp.StatusUsed, got.Status)
+	}
+}
+
+func TestHumanApprovalDeliversTokenOnce(t *testing.T) {
+	f := newFixture(t)
+	a, b := f.agent("a"), f.agent("b")
+	alice := f.approver("alice")
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "bank.transfer", Scope: map[string]any{"amount": 50.0}})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, perm.Status)
+	require.Empty(t, tok.Reveal())
+
+	// No agent can decide, not even the requester (B2).
+	_, err = f.svc.Decide(f.ctx, a, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+
+	decided, err := f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"amount": 500.0}})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusApproved, decided.Status)
+	require.Equal(t, 50.0, decided.GrantedScope["amount"], "an approver can only narrow")
+
+	// Staff and other agents never get the token.
+	_, staffTok, err := f.svc.GetPermission(f.ctx, alice, perm.ID, 0)
+	require.NoError(t, err)
+	require.Empty(t, staffTok.Reveal())
+	_, _, err = f.svc.GetPermission(f.ctx, b, perm.ID, 0)
+	require.ErrorIs(t, err, agentotp.ErrNotFound)
+
+	// 20 concurrent reads by the owner: exactly one carries the token.
+	var got []string
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, tok, err := f.svc.GetPermission(f.ctx, a, perm.ID, 0)
+			require.NoError(t, err)
+			if tok != "" {
+				mu.Lock()
+				got = append(got, tok.Reveal())
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	require.Len(t, got, 1)
+	_, again, err := f.svc.GetPermission(f.ctx, a, perm.ID, 0)
+	require.NoError(t, err)
+	require.Empty(t, again.Reveal())
+	res, err := f.svc.Use(f.ctx, a, perm.ID, got[0], map[string]any{"amount": 50.0})
+	require.NoError(t, err)
+	require.True(t, res.Success)
+}
+
+func TestLongPollWakesOnDecision(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	alice := f.approver("alice")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		_, _ = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: false, Reason: "no"})
+	}()
+	start := time.Now()
+	got, tok, err := f.svc.GetPermission(f.ctx, a, perm.ID, 10*time.Second)
+	require.NoError(t, err)
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.Equal(t, agentotp.StatusDenied, got.Status)
+	require.Equal(t, "no", got.DecisionReason)
+	require.Empty(t, tok.Reveal())
+}
+
+func TestConcurrentDecisions(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	alice, bob := f.approver("alice"), f.approver("bob")
+	for i := range 10 {
+		perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+		require.NoError(t, err)
+		start := make(chan struct{})
+		errs := make([]error, 2)
+		var wg sync.WaitGroup
+		for j, p := range []agentotp.Principal{alice, bob} {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				_, errs[j] = f.svc.Decide(f.ctx, p, perm.ID, agentotp.DecideInput{Approved: j == 0})
+			}()
+		}
+		close(start)
+		wg.Wait()
+		wins := 0
+		for _, err := range errs {
+			if err == nil {
+				wins++
+			} else {
+				require.ErrorIs(t, err, agentotp.ErrConflict, "round %d", i)
+			}
+		}
+		require.Equal(t, 1, wins, "round %d", i)
+		ev := f.events(perm.ID)
+		require.Contains(t, ev, agentotp.EventDecideRejected)
+		require.Len(t, ev, 3) // request, the winning decision, the rejected one
+	}
+}
+
+func TestQuorumCountsDistinctApprovers(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Quorum: 2, Approvers: []string{"approver"}}, nil
+		})
+	})
+	a := f.agent("a")
+	alice, bob := f.approver("alice"), f.approver("bob")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	got, err := f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, got.Status)
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrConflict, "the same approver counts once (B13)")
+	got, err = f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusApproved, got.Status)
+}
+
+func TestApproverListIsEnforced(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Approvers: []string{"alice"}}, nil
+		})
+	})
+	a := f.agent("a")
+	alice, bob := f.approver("alice"), f.approver("bob")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	_, err = f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+}
+
+func TestPendingExpiresAndLateApprovalFails(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	alice := f.approver("alice")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x", ApprovalTTL: time.Minute})
+	require.NoError(t, err)
+	f.clock.Add(time.Minute)
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrConflict, "approval after the window is refused (B11)")
+	n, err := f.svc.ExpireDue(f.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+	got, _, err := f.svc.GetPermission(f.ctx, a, perm.ID, 0)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusExpired, got.Status)
+	require.Equal(t, "timeout", got.DecidedBy)
+	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventDecideRejected, agentotp.EventExpire}, f.events(perm.ID))
+
+	// An approved token that the agent never collected expires too.
+	perm2, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x", TTL: time.Minute})
+	require.NoError(t, err)
+	_, err = f.svc.Decide(f.ctx, alice, perm2.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	f.clock.Add(time.Minute)
+	_, tok, err := f.svc.GetPermission(f.ctx, a, perm2.ID, 0)
+	require.NoError(t, err)
+	require.Empty(t, tok.Reveal(), "no token is minted for a lapsed approval")
+	n, err = f.svc.ExpireDue(f.ctx)
+	require.NoError(t, err)
+	require.Equal(t, 1, n)
+}
+
+func TestEvaluatorErrorFailsClosed(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectAutoApprove, Rule: "broken"}, errors.New("no such key: x")
+		})
+	})
+	a := f.agent("a")
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusDenied, perm.Status)
+	require.Empty(t, tok.Reveal())
+	list, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: perm.ID, Ascending: true})
+	require.NoError(t, err)
+	dec := list[0].Details["decision"].(map[string]any)
+	require.Equal(t, "broken", dec["rule"])
+	require.Contains(t, dec["error"], "no such key")
+}
+
+// failingAudit makes every AppendAudit fail, as a full disk would.
+type failingAudit struct{ agentotp.Store }
+
+type failingTx struct{ agentotp.Tx }
+
+func (s failingAudit) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
+	return s.Store.Update(ctx, func(tx agentotp.Tx) error { return fn(failingTx{tx}) })
+}
+
+func (failingTx) AppendAudit(context.Context, *agentotp.AuditEvent) error {
+	return errors.New("disk full")
+}
+
+func TestAuditFailureFailsTheChange(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	perm, tok := f.granted(a, 1)
+	broken := agentotp.NewService(failingAudit{f.store}, agentotp.Options{Clock: f.clock.Now,
+		Evaluator: agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectAutoApprove}, nil
+		})})
+	_, _, err := broken.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.Error(t, err)
+	_, err = broken.Use(f.ctx, a, perm.ID, tok, nil)
+	require.Error(t, err, "a use whose audit cannot be written does not happen (E3)")
+	got, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, got.UsesRemaining)
+	list, total, err := f.store.Permissions(f.ctx, agentotp.PermissionFilter{Page: agentotp.Page{Page: 1, Limit: 10}})
+	require.NoError(t, err)
+	require.Equal(t, 1, total)
+	require.Len(t, list, 1)
+}
+
+func TestIdempotentRequest(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	req := agentotp.PermissionRequest{Action: "x", IdempotencyKey: "k-1"}
+	p1, _, err := f.svc.RequestPermission(f.ctx, a, req)
+	require.NoError(t, err)
+	p2, _, err := f.svc.RequestPermission(f.ctx, a, req)
+	require.NoError(t, err)
+	require.Equal(t, p1.ID, p2.ID)
+	_, _, err = f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "y", IdempotencyKey: "k-1"})
+	require.ErrorIs(t, err, agentotp.ErrConflict)
+	// The same key from another agent is another request.
+	p3, _, err := f.svc.RequestPermission(f.ctx, f.agent("b"), req)
+	require.NoError(t, err)
+	require.NotEqual(t, p1.ID, p3.ID)
+}
+
+func TestUseEnforcesScope(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectAutoApprove, Scope: map[string]any{"max_emails": 1.0, "recipient": "client@example.com"}}, nil
+		})
+	})
+	a := f.agent("a")
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "gmail.send", Uses: 2})
+	require.NoError(t, err)
+	for _, details := range []map[string]any{{"emails": 2.0}, {"recipient": "attacker@evil.com"}} {
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), details)
+		require.NoError(t, err)
+		require.False(t, res.Success)
+		require.Contains(t, res.Reason, "outside the granted scope")
+	}
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"emails": 1.0, "recipient": "client@example.com"})
+	require.NoError(t, err)
+	require.True(t, res.Success)
+	require.Equal(t, 1, res.UsesRemaining, "refused uses spent nothing")
+}
+
+func TestDisabledAgentAndWrongKeys(t *testing.T) {
+	f := newFixture(t)
+	_, key, err := f.svc.CreateAgent(f.ctx, f.admin, agentotp.AgentInput{Name: "a"})
+	require.NoError(t, err)
+	p, err := f.svc.Authenticate(f.ctx, key.Reveal())
+	require.NoError(t, err)
+	for _, bad := range []string{"", "ak_", agentotp.NewAgentKey().Reveal(), key.Reveal()[:34] + "A", "uk_" + key.Reveal()[3:]} {
+		_, err := f.svc.Authenticate(f.ctx, bad)
+		require.ErrorIs(t, err, agentotp.ErrUnauthorized, bad)
+	}
+	off := false
+	_, err = f.svc.UpdateAgent(f.ctx, f.admin, p.Agent.ID, agentotp.AgentPatch{Active: &off})
+	require.NoError(t, err)
+	_, err = f.svc.Authenticate(f.ctx, key.Reveal())
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+	// Agents hold no admin powers.
+	_, _, err = f.svc.CreateAgent(f.ctx, p, agentotp.AgentInput{Name: "b"})
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+}
