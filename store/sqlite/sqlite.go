@@ -1,0 +1,207 @@
+// Package sqlite is the embedded agentotp.Store, on modernc.org/sqlite (pure
+// Go, no cgo).
+//
+// One file holds everything. Writes go through a single connection that
+// starts every transaction with BEGIN IMMEDIATE, so two writers — in this
+// process or another one sharing the file — queue on SQLite's lock instead
+// of failing with SQLITE_BUSY on a read-to-write upgrade. Reads use a
+// separate pool and, in WAL mode, never wait for the writer.
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/agentotp/agentotp"
+	_ "modernc.org/sqlite" // registers the "sqlite" driver
+)
+
+var _ agentotp.Store = (*Store)(nil)
+
+// Options tunes a Store. The zero value is the safe default.
+type Options struct {
+	// Synchronous is "FULL" (default: a commit is on disk before Update
+	// returns, surviving power loss) or "NORMAL" (WAL commits may be lost on
+	// power loss, never corrupted; several times faster).
+	Synchronous string
+	// BusyTimeout bounds how long a statement waits for another process's
+	// lock before failing with SERVICE_UNAVAILABLE. Default 10s.
+	BusyTimeout time.Duration
+}
+
+// Store is an agentotp.Store in one SQLite file.
+type Store struct {
+	path   string
+	writer *sql.DB // one connection, BEGIN IMMEDIATE
+	reader *sql.DB // pool, query_only
+
+	// Hot-path statements. Writer statements are prepared on the single
+	// writer connection and bound into each transaction with Tx.StmtContext.
+	insertPermission *sql.Stmt
+	spendToken       *sql.Stmt
+	lastAudit        *sql.Stmt
+	insertAudit      *sql.Stmt
+	txPermission     *sql.Stmt
+
+	readPermission *sql.Stmt
+	agentByKeyHash *sql.Stmt
+	userByKeyHash  *sql.Stmt
+}
+
+// Open opens (creating if needed) the database at path and brings its schema
+// up to date.
+func Open(ctx context.Context, path string, opts Options) (*Store, error) {
+	sync := strings.ToUpper(opts.Synchronous)
+	switch sync {
+	case "":
+		sync = "FULL"
+	case "FULL", "NORMAL":
+	default:
+		// The value reaches a PRAGMA verbatim: only known words pass.
+		return nil, fmt.Errorf("sqlite: synchronous must be FULL or NORMAL, not %q", opts.Synchronous)
+	}
+	busy := opts.BusyTimeout
+	if busy <= 0 {
+		busy = 10 * time.Second
+	}
+	if path == "" {
+		return nil, errors.New("sqlite: empty database path")
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, fmt.Errorf("sqlite: create data directory: %w", err)
+	}
+	// SQLite would create the file 0644; it holds key and token hashes, so
+	// create it 0600 first (the -wal and -shm files inherit its mode).
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: create database file: %w", err)
+	}
+	if err := f.Close(); err != nil {
+		return nil, fmt.Errorf("sqlite: create database file: %w", err)
+	}
+
+	busyMS := strconv.FormatInt(busy.Milliseconds(), 10)
+	base := "file:" + escapeURIPath(path) + "?_pragma=busy_timeout(" + busyMS + ")&_pragma=foreign_keys(1)"
+	writer, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")&_txlock=immediate")
+	if err != nil {
+		return nil, fmt.Errorf("sqlite: open writer: %w", err)
+	}
+	// One writer connection: SQLite allows one writer anyway, and queueing
+	// in database/sql is cheaper than spinning on the file lock.
+	writer.SetMaxOpenConns(1)
+	writer.SetMaxIdleConns(1)
+	writer.SetConnMaxLifetime(0)
+	writer.SetConnMaxIdleTime(0)
+
+	s := &Store{path: path, writer: writer}
+	if err := s.migrate(ctx); err != nil {
+		writer.Close()
+		return nil, err
+	}
+
+	// Readers open after the writer has switched the file to WAL.
+	reader, err := sql.Open("sqlite", base+"&_pragma=query_only(1)")
+	if err != nil {
+		writer.Close()
+		return nil, fmt.Errorf("sqlite: open reader: %w", err)
+	}
+	n := max(4, runtime.GOMAXPROCS(0))
+	reader.SetMaxOpenConns(n)
+	reader.SetMaxIdleConns(n)
+	s.reader = reader
+	if err := s.prepare(ctx); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// escapeURIPath makes path safe inside a "file:" URI, where '?' starts the
+// query and '#' a fragment.
+func escapeURIPath(path string) string {
+	return strings.NewReplacer("%", "%25", "?", "%3f", "#", "%23").Replace(path)
+}
+
+func (s *Store) prepare(ctx context.Context) error {
+	stmts := []struct {
+		db    *sql.DB
+		dst   **sql.Stmt
+		query string
+	}{
+		{s.writer, &s.insertPermission, insertPermissionSQL},
+		{s.writer, &s.spendToken, spendTokenSQL},
+		{s.writer, &s.lastAudit, lastAuditSQL},
+		{s.writer, &s.insertAudit, insertAuditSQL},
+		{s.writer, &s.txPermission, selectPermission + " WHERE id = ?"},
+		{s.reader, &s.readPermission, selectPermission + " WHERE id = ?"},
+		{s.reader, &s.agentByKeyHash, selectAgent + " WHERE key_hash = ? AND key_hash <> ''"},
+		{s.reader, &s.userByKeyHash, selectUser + " WHERE key_hash = ? AND key_hash <> ''"},
+	}
+	for _, st := range stmts {
+		p, err := st.db.PrepareContext(ctx, st.query)
+		if err != nil {
+			return fmt.Errorf("sqlite: prepare %q: %w", st.query, err)
+		}
+		*st.dst = p
+	}
+	return nil
+}
+
+// Path returns the database file's path.
+func (s *Store) Path() string { return s.path }
+
+// Close closes both pools. Pending writes are already durable.
+func (s *Store) Close() error {
+	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
+		s.txPermission, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
+		if st != nil {
+			st.Close()
+		}
+	}
+	var errs []error
+	if s.reader != nil {
+		errs = append(errs, s.reader.Close())
+	}
+	errs = append(errs, s.writer.Close())
+	return errors.Join(errs...)
+}
+
+// Ping checks that both pools can reach the database.
+func (s *Store) Ping(ctx context.Context) error {
+	var one int
+	if err := s.reader.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
+		return storeErr("ping reader", err)
+	}
+	if err := s.writer.PingContext(ctx); err != nil {
+		return storeErr("ping writer", err)
+	}
+	return nil
+}
+
+// Update runs fn in one BEGIN IMMEDIATE transaction and commits it; any
+// error from fn, or a panic, rolls everything back. fn must not call Update
+// (the single writer connection is busy with fn's transaction); it may call
+// the Store's read methods, which see the last committed state.
+func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
+	sqlTx, err := s.writer.BeginTx(ctx, nil)
+	if err != nil {
+		return storeErr("begin transaction", err)
+	}
+	// Runs on error and on panic alike; after Commit it is a no-op.
+	defer func() { _ = sqlTx.Rollback() }()
+	if err := fn(&tx{s: s, tx: sqlTx}); err != nil {
+		return err
+	}
+	if err := sqlTx.Commit(); err != nil {
+		return storeErr("commit", err)
+	}
+	return nil
+}

@@ -1,0 +1,216 @@
+package sqlite_test
+
+import (
+	"context"
+	"database/sql"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/store/sqlite"
+	"github.com/agentotp/agentotp/store/storetest"
+	"github.com/stretchr/testify/require"
+)
+
+func open(t testing.TB, path string, opts sqlite.Options) *sqlite.Store {
+	t.Helper()
+	s, err := sqlite.Open(context.Background(), path, opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, s.Close()) })
+	return s
+}
+
+func TestContract(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) agentotp.Store {
+		return open(t, filepath.Join(t.TempDir(), "agentotp.db"), sqlite.Options{})
+	})
+}
+
+func TestTwoStoresOneFile(t *testing.T) {
+	storetest.RunTwoStores(t, func(t *testing.T) (agentotp.Store, agentotp.Store) {
+		path := filepath.Join(t.TempDir(), "shared.db")
+		return open(t, path, sqlite.Options{}), open(t, path, sqlite.Options{})
+	})
+}
+
+func TestOpen(t *testing.T) {
+	ctx := context.Background()
+	t.Run("creates the directory and a private file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "a", "b?c#d%", "agentotp.db")
+		s := open(t, path, sqlite.Options{})
+		require.NoError(t, s.Ping(ctx))
+		fi, err := os.Stat(path)
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), fi.Mode().Perm())
+	})
+	t.Run("pragmas", func(t *testing.T) {
+		for _, sync := range []string{"", "FULL", "normal"} {
+			path := filepath.Join(t.TempDir(), "p.db")
+			open(t, path, sqlite.Options{Synchronous: sync})
+			db := raw(t, path)
+			var mode string
+			require.NoError(t, db.QueryRow("PRAGMA journal_mode").Scan(&mode))
+			require.Equal(t, "wal", mode)
+		}
+	})
+	t.Run("rejects unknown synchronous", func(t *testing.T) {
+		_, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "x.db"), sqlite.Options{Synchronous: "OFF); DROP TABLE x; --"})
+		require.Error(t, err)
+	})
+}
+
+func TestMigrations(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "m.db")
+	s := open(t, path, sqlite.Options{})
+	a := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: "kept", KeyHash: "h"}
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error { return tx.CreateAgent(ctx, a) }))
+	require.NoError(t, s.Close())
+
+	// Reopening an existing file applies nothing twice and keeps the data.
+	for range 2 {
+		s, err := sqlite.Open(ctx, path, sqlite.Options{})
+		require.NoError(t, err)
+		got, err := s.Agent(ctx, a.ID)
+		require.NoError(t, err)
+		require.Equal(t, a.Name, got.Name)
+		require.NoError(t, s.Close())
+	}
+	require.Equal(t, 1, countRows(t, raw(t, path), "schema_migrations"))
+
+	t.Run("concurrent opens of a new file", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "race.db")
+		var wg sync.WaitGroup
+		for range 4 {
+			wg.Go(func() {
+				s, err := sqlite.Open(ctx, path, sqlite.Options{})
+				if err != nil {
+					t.Errorf("open: %v", err)
+					return
+				}
+				s.Close()
+			})
+		}
+		wg.Wait()
+		require.Equal(t, 1, countRows(t, raw(t, path), "schema_migrations"))
+	})
+
+	t.Run("refuses a newer schema", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "new.db")
+		open(t, path, sqlite.Options{}).Close()
+		_, err := raw(t, path).Exec(`INSERT INTO schema_migrations VALUES (9999, 'future', 0)`)
+		require.NoError(t, err)
+		_, err = sqlite.Open(ctx, path, sqlite.Options{})
+		require.ErrorContains(t, err, "newer")
+	})
+}
+
+// raw opens the file without the store, as an attacker with file access
+// (or an operator) would.
+func raw(t testing.TB, path string) *sql.DB {
+	t.Helper()
+	db, err := sql.Open("sqlite", "file:"+path+"?_pragma=busy_timeout(5000)")
+	require.NoError(t, err)
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
+func countRows(t *testing.T, db *sql.DB, table string) int {
+	t.Helper()
+	var n int
+	require.NoError(t, db.QueryRow("SELECT count(*) FROM "+table).Scan(&n))
+	return n
+}
+
+func TestAuditTriggers(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "t.db")
+	s := open(t, path, sqlite.Options{})
+	appendN(t, s, 3)
+	db := raw(t, path)
+	for _, q := range []string{
+		`UPDATE audit_events SET details_json = '{"x":1}' WHERE seq = 2`,
+		`DELETE FROM audit_events WHERE seq = 3`,
+	} {
+		_, err := db.Exec(q)
+		require.ErrorContains(t, err, "append-only", q)
+	}
+	require.Equal(t, int64(3), verify(t, s))
+}
+
+func appendN(t *testing.T, s agentotp.Store, n int) {
+	t.Helper()
+	ctx := context.Background()
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error {
+		for i := range n {
+			e := &agentotp.AuditEvent{Time: time.Unix(1_900_000_000+int64(i), 7).UTC(), Type: agentotp.EventUse,
+				ActorType: "agent", ActorID: "a", Details: map[string]any{"i": i}}
+			if err := tx.AppendAudit(ctx, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}))
+}
+
+func verify(t *testing.T, s agentotp.Store) int64 {
+	t.Helper()
+	v := agentotp.NewChainVerifier()
+	require.NoError(t, s.ScanAudit(context.Background(), v.Next))
+	return v.Checked
+}
+
+func TestTamperDetected(t *testing.T) {
+	cases := []struct {
+		name    string
+		tamper  []string
+		badSeq  int64
+		checked int64 // events verified before the break
+	}{
+		{"edit details", []string{`UPDATE audit_events SET details_json = '{"i":99}' WHERE seq = 3`}, 3, 2},
+		{"edit actor", []string{`UPDATE audit_events SET actor_id = 'someone else' WHERE seq = 4`}, 4, 3},
+		{"edit time", []string{`UPDATE audit_events SET time = time + 1 WHERE seq = 1`}, 1, 0},
+		{"delete a row", []string{`DELETE FROM audit_events WHERE seq = 3`}, 3, 2},
+		{"delete the first row", []string{`DELETE FROM audit_events WHERE seq = 1`}, 1, 0},
+		{"swap two rows' content", []string{
+			// Move row 3 aside, copy row 4's content into seq 3 and row 3's into seq 4.
+			`CREATE TEMP TABLE swap AS SELECT * FROM audit_events WHERE seq IN (3, 4)`,
+			`DELETE FROM audit_events WHERE seq IN (3, 4)`,
+			`INSERT INTO audit_events SELECT 7 - seq, id, time, type, actor_type, actor_id, agent_id,
+				permission_id, request_id, details_json, prev_hash, hash FROM swap`,
+		}, 3, 2},
+		{"rehash one row without its successor", []string{
+			`UPDATE audit_events SET details_json = '{"i":99}', hash = 'ff' WHERE seq = 2`,
+		}, 2, 1},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			path := filepath.Join(t.TempDir(), "tamper.db")
+			s := open(t, path, sqlite.Options{})
+			appendN(t, s, 5)
+			require.Equal(t, int64(5), verify(t, s), "untouched data verifies")
+
+			db := raw(t, path)
+			for _, q := range []string{`DROP TRIGGER audit_events_no_update`, `DROP TRIGGER audit_events_no_delete`} {
+				_, err := db.Exec(q)
+				require.NoError(t, err)
+			}
+			conn, err := db.Conn(context.Background()) // TEMP tables live on one connection
+			require.NoError(t, err)
+			for _, q := range tc.tamper {
+				_, err := conn.ExecContext(context.Background(), q)
+				require.NoError(t, err, q)
+			}
+			require.NoError(t, conn.Close())
+
+			v := agentotp.NewChainVerifier()
+			err = s.ScanAudit(context.Background(), v.Next)
+			var ce *agentotp.ChainError
+			require.ErrorAs(t, err, &ce)
+			require.Equal(t, tc.badSeq, ce.Seq, ce.Error())
+			require.Equal(t, tc.checked, v.Checked)
+		})
+	}
+}
