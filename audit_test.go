@@ -47,7 +47,10 @@ func TestChainVerifier(t *testing.T) {
 			return es
 		}, 3},
 		{"edited actor", func(es []*agentotp.AuditEvent) []*agentotp.AuditEvent { es[1].ActorID = "agt_y"; return es }, 2},
-		{"edited time", func(es []*agentotp.AuditEvent) []*agentotp.AuditEvent { es[3].Time = es[3].Time.Add(time.Nanosecond); return es }, 4},
+		{"edited time", func(es []*agentotp.AuditEvent) []*agentotp.AuditEvent {
+			es[3].Time = es[3].Time.Add(time.Nanosecond)
+			return es
+		}, 4},
 		{"deleted row", func(es []*agentotp.AuditEvent) []*agentotp.AuditEvent { return append(es[:2], es[3:]...) }, 3},
 		{"swapped rows", func(es []*agentotp.AuditEvent) []*agentotp.AuditEvent {
 			es[1], es[2] = es[2], es[1]
