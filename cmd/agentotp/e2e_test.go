@@ -61,7 +61,9 @@ func startServer(t *testing.T, args ...string) (url, adminKey string, stop func(
 	ctx, cancel := context.WithCancel(context.Background())
 	var out, errb syncBuffer
 	done := make(chan int, 1)
-	go func() { done <- Main(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), nil, &out, &errb) }()
+	go func() {
+		done <- Main(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), nil, &out, &errb)
+	}()
 	re := regexp.MustCompile(`listening on (http://\S+)`)
 	require.Eventually(t, func() bool { return re.MatchString(out.String()) }, 10*time.Second, 10*time.Millisecond, "stderr: %s", errb.String())
 	url = re.FindStringSubmatch(out.String())[1]
