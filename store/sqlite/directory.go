@@ -56,7 +56,7 @@ func (s *Store) AgentByKeyHash(ctx context.Context, hash string) (*agentotp.Agen
 
 // Agents lists agents newest first.
 func (s *Store) Agents(ctx context.Context, p agentotp.Page) ([]*agentotp.Agent, int, error) {
-	return list(ctx, s.reader, "agents", selectAgent, "", "created_at DESC, id DESC", p, scanAgent)
+	return list(ctx, s, "agents", selectAgent, "", "created_at DESC, id DESC", p, scanAgent)
 }
 
 func agentArgs(a *agentotp.Agent) ([]any, error) {
@@ -141,7 +141,7 @@ func userByName(ctx context.Context, q querier, name string) (*agentotp.User, er
 
 // Users lists users newest first.
 func (s *Store) Users(ctx context.Context, p agentotp.Page) ([]*agentotp.User, int, error) {
-	return list(ctx, s.reader, "users", selectUser, "", "created_at DESC, id DESC", p, scanUser)
+	return list(ctx, s, "users", selectUser, "", "created_at DESC, id DESC", p, scanUser)
 }
 
 func (t *tx) UserByName(ctx context.Context, name string) (*agentotp.User, error) {
@@ -214,7 +214,7 @@ func (s *Store) Policies(ctx context.Context, f agentotp.PolicyFilter) ([]*agent
 	if f.ActiveOnly {
 		where = " WHERE active = 1"
 	}
-	return list(ctx, s.reader, "policies", selectPolicy, where, "priority DESC, name, id", f.Page, scanPolicy)
+	return list(ctx, s, "policies", selectPolicy, where, "priority DESC, name, id", f.Page, scanPolicy)
 }
 
 func policyArgs(p *agentotp.Policy) ([]any, error) {
@@ -278,22 +278,27 @@ func oneRow(op string, res sql.Result, err error, notFound, conflict failure) er
 	return nil
 }
 
-// list runs a paged listing: the count of matching rows, then one page.
-// All arguments are constants of this package.
-func list[T any](ctx context.Context, q querier, table, selectQ, where, order string, p agentotp.Page, scan func(scanner) (T, error)) ([]T, int, error) {
-	from := table
-	var total int
-	if err := q.QueryRowContext(ctx, "SELECT count(*) FROM "+table+where).Scan(&total); err != nil {
-		return nil, 0, storeErr("count "+from, err)
-	}
+// list runs a paged listing: the count of matching rows, then one page,
+// from one snapshot. All arguments but p are constants of this package.
+func list[T any](ctx context.Context, s *Store, table, selectQ, where, order string, p agentotp.Page, scan func(scanner) (T, error)) ([]T, int, error) {
+	var (
+		out   []T
+		total int
+	)
 	p = p.Normalize()
-	rows, err := q.QueryContext(ctx, selectQ+where+" ORDER BY "+order+" LIMIT ? OFFSET ?", p.Limit, p.Offset())
+	err := s.snapshot(ctx, func(q querier) error {
+		if err := q.QueryRowContext(ctx, "SELECT count(*) FROM "+table+where).Scan(&total); err != nil {
+			return err
+		}
+		rows, err := q.QueryContext(ctx, selectQ+where+" ORDER BY "+order+" LIMIT ? OFFSET ?", p.Limit, p.Offset())
+		if err != nil {
+			return err
+		}
+		out, err = collect(rows, scan)
+		return err
+	})
 	if err != nil {
-		return nil, 0, storeErr("list "+from, err)
-	}
-	out, err := collect(rows, scan)
-	if err != nil {
-		return nil, 0, storeErr("list "+from, err)
+		return nil, 0, storeErr("list "+table, err)
 	}
 	return out, total, nil
 }

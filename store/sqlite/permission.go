@@ -153,17 +153,23 @@ func (s *Store) Permissions(ctx context.Context, f agentotp.PermissionFilter) ([
 	if len(where) > 0 {
 		cond = " WHERE " + strings.Join(where, " AND ")
 	}
-	var total int
-	if err := s.reader.QueryRowContext(ctx, "SELECT count(*) FROM permissions"+cond, args...).Scan(&total); err != nil {
-		return nil, 0, storeErr("count permissions", err)
-	}
+	var (
+		list  []*agentotp.Permission
+		total int
+	)
 	page := f.Page.Normalize()
-	rows, err := s.reader.QueryContext(ctx, selectPermission+cond+" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
-		append(args, page.Limit, page.Offset())...)
-	if err != nil {
-		return nil, 0, storeErr("list permissions", err)
-	}
-	list, err := collect(rows, scanPermission)
+	err := s.snapshot(ctx, func(q querier) error {
+		if err := q.QueryRowContext(ctx, "SELECT count(*) FROM permissions"+cond, args...).Scan(&total); err != nil {
+			return err
+		}
+		rows, err := q.QueryContext(ctx, selectPermission+cond+" ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?",
+			append(args, page.Limit, page.Offset())...)
+		if err != nil {
+			return err
+		}
+		list, err = collect(rows, scanPermission)
+		return err
+	})
 	if err != nil {
 		return nil, 0, storeErr("list permissions", err)
 	}

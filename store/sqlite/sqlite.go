@@ -90,7 +90,10 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 
 	busyMS := strconv.FormatInt(busy.Milliseconds(), 10)
 	base := "file:" + escapeURIPath(path) + "?_pragma=busy_timeout(" + busyMS + ")&_pragma=foreign_keys(1)"
-	writer, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")&_txlock=immediate")
+	// journal_size_limit trims the WAL file after a checkpoint (64 MiB) so
+	// that one burst does not keep a large file around.
+	writer, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")"+
+		"&_pragma=journal_size_limit(67108864)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open writer: %w", err)
 	}
@@ -204,4 +207,15 @@ func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
 		return storeErr("commit", err)
 	}
 	return nil
+}
+
+// snapshot runs fn in a read transaction, so that several queries (a count
+// and a page) see the same committed state.
+func (s *Store) snapshot(ctx context.Context, fn func(q querier) error) error {
+	rtx, err := s.reader.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rtx.Rollback() }()
+	return fn(rtx)
 }

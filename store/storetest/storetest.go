@@ -1268,6 +1268,7 @@ func testCountPermissions(t *testing.T, s agentotp.Store) {
 	mk(a.ID, "dbax", 3*time.Minute, agentotp.StatusDenied)
 	mk(a.ID, "db[1]", 4*time.Minute, agentotp.StatusUsed)
 	mk(a.ID, "db1", 4*time.Minute, agentotp.StatusUsed)
+	mk(a.ID, "db1", 4*time.Minute, agentotp.StatusUsed) // an unescaped "db[1]" would count both
 	mk(a.ID, "DB.QUERY", 5*time.Minute, agentotp.StatusPending)
 	mk(a.ID, injection, 5*time.Minute, agentotp.StatusPending)
 	mk(b.ID, "db.query", 0, agentotp.StatusPending)
@@ -1280,7 +1281,7 @@ func testCountPermissions(t *testing.T, s agentotp.Store) {
 		statuses []agentotp.Status
 		want     int
 	}{
-		{"everything", a.ID, "*", time.Time{}, nil, 9},
+		{"everything", a.ID, "*", time.Time{}, nil, 10},
 		{"prefix", a.ID, "db.*", time.Time{}, nil, 2},
 		{"exact", a.ID, "db.query", time.Time{}, nil, 1},
 		{"case sensitive", a.ID, "DB.*", time.Time{}, nil, 1},
@@ -1289,10 +1290,10 @@ func testCountPermissions(t *testing.T, s agentotp.Store) {
 		{"brackets are literal", a.ID, "db[1]", time.Time{}, nil, 1},
 		{"bracket prefix", a.ID, "db[*", time.Time{}, nil, 1},
 		{"sql metacharacters", a.ID, injection, time.Time{}, nil, 1},
-		{"since is inclusive", a.ID, "*", at(4 * time.Minute), nil, 4},
+		{"since is inclusive", a.ID, "*", at(4 * time.Minute), nil, 5},
 		{"one status", a.ID, "*", time.Time{}, []agentotp.Status{agentotp.StatusPending}, 4},
-		{"two statuses", a.ID, "db*", time.Time{}, []agentotp.Status{agentotp.StatusDenied, agentotp.StatusUsed}, 4},
-		{"all filters", a.ID, "db*", at(4 * time.Minute), []agentotp.Status{agentotp.StatusUsed}, 2},
+		{"two statuses", a.ID, "db*", time.Time{}, []agentotp.Status{agentotp.StatusDenied, agentotp.StatusUsed}, 5},
+		{"all filters", a.ID, "db*", at(4 * time.Minute), []agentotp.Status{agentotp.StatusUsed}, 3},
 		{"other agent", b.ID, "*", time.Time{}, nil, 1},
 		{"unknown agent", agentotp.NewAgentID(), "*", time.Time{}, nil, 0},
 	}
