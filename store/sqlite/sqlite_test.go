@@ -214,3 +214,52 @@ func TestTamperDetected(t *testing.T) {
 		})
 	}
 }
+
+func TestErrorTranslation(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "e.db")
+	s := open(t, path, sqlite.Options{BusyTimeout: 50 * time.Millisecond})
+	a := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: "a", KeyHash: "h"}
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error { return tx.CreateAgent(ctx, a) }))
+
+	perm := func(mod func(p *agentotp.Permission)) func(tx agentotp.Tx) error {
+		return func(tx agentotp.Tx) error {
+			p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: a.ID, Status: agentotp.StatusPending, Uses: 1}
+			mod(p)
+			return tx.CreatePermission(ctx, p)
+		}
+	}
+	cases := []struct {
+		name string
+		fn   func(tx agentotp.Tx) error
+		want error
+	}{
+		{"negative uses remaining", perm(func(p *agentotp.Permission) { p.UsesRemaining = -1 }), agentotp.ErrValidation},
+		{"unknown status", perm(func(p *agentotp.Permission) { p.Status = "bogus" }), agentotp.ErrValidation},
+		{"unencodable scope", perm(func(p *agentotp.Permission) { p.Scope = map[string]any{"f": func() {}} }), agentotp.ErrValidation},
+		{"time outside the encodable range", func(tx agentotp.Tx) error {
+			return tx.AppendAudit(ctx, &agentotp.AuditEvent{Time: time.Date(1200, 1, 1, 0, 0, 0, 0, time.UTC), Type: agentotp.EventUse})
+		}, agentotp.ErrValidation},
+		{"invalid pre-sealed details", func(tx agentotp.Tx) error {
+			return tx.AppendAudit(ctx, &agentotp.AuditEvent{Type: agentotp.EventUse, DetailsJSON: []byte("{not json")})
+		}, agentotp.ErrValidation},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			require.ErrorIs(t, s.Update(ctx, tc.fn), tc.want)
+		})
+	}
+
+	t.Run("another process holds the write lock", func(t *testing.T) {
+		conn, err := raw(t, path).Conn(ctx)
+		require.NoError(t, err)
+		_, err = conn.ExecContext(ctx, "BEGIN IMMEDIATE")
+		require.NoError(t, err)
+		err = s.Update(ctx, func(agentotp.Tx) error { return nil })
+		require.ErrorIs(t, err, agentotp.ErrUnavailable)
+		_, err = conn.ExecContext(ctx, "ROLLBACK")
+		require.NoError(t, err)
+		require.NoError(t, conn.Close())
+		require.NoError(t, s.Update(ctx, func(agentotp.Tx) error { return nil }), "works again once the lock is gone")
+	})
+}
