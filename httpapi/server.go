@@ -271,6 +271,11 @@ func clientIP(r *http.Request) string {
 
 // fail writes err; internal errors are logged once here with the request id.
 func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) {
+	if r.Context().Err() != nil {
+		// The client left (or the server is stopping): nobody to answer.
+		s.log.Debug("request abandoned", "request_id", agentotp.RequestID(r.Context()), "route", r.Pattern, "err", err)
+		return
+	}
 	switch agentotp.ErrorCode(err) {
 	case agentotp.CodeInternal, agentotp.CodeUnavailable:
 		s.log.Error("request failed", "request_id", agentotp.RequestID(r.Context()), "method", r.Method,
