@@ -1,0 +1,195 @@
+package httpapi_test
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+)
+
+// TestRateLimit: beyond the per-principal budget, 429 RATE_LIMITED with a
+// Retry-After of at least one second; failed keys are limited per address
+// (A8).
+func TestRateLimit(t *testing.T) {
+	e := newTestServer(t, withRateLimit(2)) // 2/s, burst 4
+	agent := e.createAgent("busy")          // admin: 1 request
+	other := e.createAgent("quiet")         // admin: 2 requests
+
+	countLimited := func(key string, n int, body any, path string) (ok, limited int, retry []string) {
+		for range n {
+			r := e.do("POST", path, key, body)
+			switch r.Status {
+			case http.StatusTooManyRequests:
+				r.fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+				limited++
+				retry = append(retry, r.Header.Get("Retry-After"))
+			default:
+				ok++
+			}
+		}
+		return ok, limited, retry
+	}
+
+	t.Run("agent burst", func(t *testing.T) {
+		ok, limited, retry := countLimited(agent.Key, 12, map[string]any{"action": "auto.x"}, "/api/v1/permissions/request")
+		require.GreaterOrEqual(t, limited, 6, "a burst of 12 at 2/s with burst 4 must be limited")
+		require.LessOrEqual(t, ok, 6)
+		require.GreaterOrEqual(t, ok, 4, "the burst itself is allowed")
+		for _, ra := range retry {
+			n, err := strconv.Atoi(ra)
+			require.NoError(t, err, "Retry-After %q", ra)
+			require.GreaterOrEqual(t, n, 1)
+			require.LessOrEqual(t, n, 5)
+		}
+		// Another principal has its own budget.
+		e.do("POST", "/api/v1/permissions/request", other.Key, map[string]any{"action": "auto.x"}).data(t, http.StatusCreated, nil)
+	})
+
+	t.Run("budget refills", func(t *testing.T) {
+		time.Sleep(1100 * time.Millisecond)
+		e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "auto.x"}).data(t, http.StatusCreated, nil)
+	})
+
+	t.Run("failed keys from one address", func(t *testing.T) {
+		var limited int
+		for i := range 12 {
+			key := agentotp.NewAgentKey().Reveal()
+			if i%3 == 0 {
+				key = "ak_garbage"
+			}
+			r := e.do("GET", "/api/v1/agents", key, nil)
+			switch r.Status {
+			case http.StatusUnauthorized:
+				r.fail(t, http.StatusUnauthorized, "UNAUTHORIZED")
+			case http.StatusTooManyRequests:
+				r.fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+				n, err := strconv.Atoi(r.Header.Get("Retry-After"))
+				require.NoError(t, err)
+				require.GreaterOrEqual(t, n, 1)
+				limited++
+			default:
+				t.Fatalf("unexpected %d: %s", r.Status, r.Body)
+			}
+		}
+		require.GreaterOrEqual(t, limited, 6)
+		// Requests without any key count against the same address.
+		r := e.do("GET", "/api/v1/agents", "", nil)
+		require.Equal(t, http.StatusTooManyRequests, r.Status)
+	})
+}
+
+// TestPendingCap: one agent cannot flood the approval queue (B18).
+func TestPendingCap(t *testing.T) {
+	e := newTestServer(t, withMaxPending(3))
+	agent := e.createAgent("flooder")
+	for range 3 {
+		e.pending(agent.Key, "needs.human")
+	}
+	e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "needs.human"}).
+		fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+	// Auto-approved requests are not queued, so they still work.
+	e.grant(agent.Key, nil)
+	// Another agent is not affected.
+	other := e.createAgent("calm")
+	e.pending(other.Key, "needs.human")
+}
+
+var hexID = regexp.MustCompile(`^[0-9a-f]{24}$`)
+
+// TestRequestID: every response carries X-Request-Id; a sane caller id is
+// echoed (and lands in the audit), a hostile one is replaced.
+func TestRequestID(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("traced")
+
+	for _, c := range []struct{ method, path, key string }{
+		{"GET", "/health", ""},
+		{"GET", "/ready", ""},
+		{"GET", "/metrics", ""},
+		{"GET", "/nope", ""},
+		{"GET", "/api/v1/agents", ""},
+		{"GET", "/api/v1/agents", agent.Key},
+		{"POST", "/api/v1/permissions/request", agent.Key},
+	} {
+		r := e.do(c.method, c.path, c.key, nil)
+		require.Regexp(t, hexID, r.Header.Get("X-Request-Id"), "%s %s", c.method, c.path)
+	}
+
+	r := e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "auto.trace"}, "X-Request-Id", "client-req.42_A")
+	require.Equal(t, "client-req.42_A", r.Header.Get("X-Request-Id"))
+	var p permView
+	r.data(t, http.StatusCreated, &p)
+	ev := e.auditOf(p.ID)
+	require.NotEmpty(t, ev)
+	require.Equal(t, "client-req.42_A", ev[0].RequestID)
+
+	for _, bad := range []string{"has spaces in it", "tab\there", "<script>alert(1)</script>", "ünïcode",
+		"a;b=c", strings.Repeat("x", 65), "%0d%0aX-Injected:%201"} {
+		r := e.do("GET", "/health", "", nil, "X-Request-Id", bad)
+		got := r.Header.Get("X-Request-Id")
+		require.NotEqual(t, bad, got)
+		require.Regexp(t, hexID, got, "replaced by a fresh id")
+	}
+
+	// A folded (multi-line) header over a raw connection: the server
+	// either refuses the request or replaces the id; it never echoes it.
+	conn, err := net.Dial("tcp", e.srv.Listener.Addr().String())
+	require.NoError(t, err)
+	defer conn.Close()
+	_, err = fmt.Fprintf(conn, "GET /health HTTP/1.1\r\nHost: x\r\nX-Request-Id: evil\r\n injected: yes\r\nConnection: close\r\n\r\n")
+	require.NoError(t, err)
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(5*time.Second)))
+	res, err := http.ReadResponse(bufio.NewReader(conn), nil)
+	require.NoError(t, err)
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	if res.StatusCode == http.StatusOK {
+		require.Regexp(t, hexID, res.Header.Get("X-Request-Id"))
+	}
+	require.Empty(t, res.Header.Get("Injected"))
+}
+
+// TestMetrics: /metrics is Prometheus text on loopback without a key.
+func TestMetrics(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("measured")
+	e.grant(agent.Key, nil)
+	e.do("GET", "/health", "", nil)
+
+	r := e.do("GET", "/metrics", "", nil)
+	require.Equal(t, http.StatusOK, r.Status, "body: %s", r.Body)
+	require.Contains(t, r.Header.Get("Content-Type"), "text/plain")
+	body := string(r.Body)
+	require.Contains(t, body, "# TYPE agentotp_http_requests_total counter")
+	require.Regexp(t, `agentotp_http_requests_total\{code="201",route="POST /api/v1/permissions/request"\} 1`, body)
+	require.Regexp(t, `agentotp_http_requests_total\{code="200",route="GET /health"\} [1-9]`, body)
+	require.Contains(t, body, "agentotp_http_request_duration_seconds_bucket")
+	// Ids never become label values (unbounded cardinality).
+	require.NotContains(t, body, "perm_")
+
+	// With a key it is the admin's only.
+	e.do("GET", "/metrics", agent.Key, nil).fail(t, http.StatusForbidden, "FORBIDDEN")
+	r = e.do("GET", "/metrics", e.adminKey, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Contains(t, string(r.Body), "agentotp_http_requests_total")
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("hdr")
+	r := e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "auto.h"})
+	require.Equal(t, http.StatusCreated, r.Status)
+	require.Equal(t, "no-store", r.Header.Get("Cache-Control"), "responses with tokens must not be cached")
+	require.Equal(t, "nosniff", r.Header.Get("X-Content-Type-Options"))
+	require.Equal(t, "application/json; charset=utf-8", r.Header.Get("Content-Type"))
+}
