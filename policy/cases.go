@@ -309,4 +309,3 @@ func sameJSON(a, b any) bool {
 	}
 	return reflect.DeepEqual(norm(a), norm(b))
 }
-

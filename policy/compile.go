@@ -326,8 +326,11 @@ func checkCost(env *cel.Env, a *cel.Ast) error {
 	return nil
 }
 
+// runtimeCostLimit is MaxCost; tests lower it to reach the runtime check.
+var runtimeCostLimit uint64 = MaxCost
+
 func program(env *cel.Env, a *cel.Ast) (cel.Program, error) {
-	return env.Program(a, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(MaxCost))
+	return env.Program(a, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(runtimeCostLimit))
 }
 
 // actionKey is how the index finds a rule: exact actions, one prefix, or

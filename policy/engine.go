@@ -24,14 +24,14 @@ import (
 )
 
 var (
-	_ agentotp.Evaluator          = (*Engine)(nil)
-	_ agentotp.UseChecker         = (*Engine)(nil)
-	_ agentotp.PolicyValidator    = (*Engine)(nil)
-	_ agentotp.PolicyReloader     = (*Engine)(nil)
-	_ agentotp.FilePolicySource   = (*Engine)(nil)
-	_ agentotp.Evaluator          = (*Set)(nil)
-	_ Source                      = (agentotp.Store)(nil)
-	_ Counter                     = (agentotp.Store)(nil)
+	_ agentotp.Evaluator        = (*Engine)(nil)
+	_ agentotp.UseChecker       = (*Engine)(nil)
+	_ agentotp.PolicyValidator  = (*Engine)(nil)
+	_ agentotp.PolicyReloader   = (*Engine)(nil)
+	_ agentotp.FilePolicySource = (*Engine)(nil)
+	_ agentotp.Evaluator        = (*Set)(nil)
+	_ Source                    = (agentotp.Store)(nil)
+	_ Counter                   = (agentotp.Store)(nil)
 )
 
 // Source lists API-managed policies; the store satisfies it.

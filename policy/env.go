@@ -229,9 +229,9 @@ func (b *budgetVal) ConvertToNative(reflect.Type) (any, error) {
 	return nil, errors.New("budget is not convertible")
 }
 func (b *budgetVal) ConvertToType(ref.Type) ref.Val { return types.NewErr("budget is not convertible") }
-func (b *budgetVal) Equal(o ref.Val) ref.Val         { return types.Bool(o == b) }
-func (b *budgetVal) Type() ref.Type                  { return budgetType }
-func (b *budgetVal) Value() any                      { return b }
+func (b *budgetVal) Equal(o ref.Val) ref.Val        { return types.Bool(o == b) }
+func (b *budgetVal) Type() ref.Type                 { return budgetType }
+func (b *budgetVal) Value() any                     { return b }
 
 // Statuses counted by approvals(): granted permissions, spent or not.
 var approvedStatuses = []agentotp.Status{agentotp.StatusApproved, agentotp.StatusUsed}
@@ -338,9 +338,9 @@ func commonOptions() []cel.EnvOption {
 }
 
 var (
-	envOnce               sync.Once
-	decisionEnv, useEnvV  *cel.Env
-	envErr                error
+	envOnce              sync.Once
+	decisionEnv, useEnvV *cel.Env
+	envErr               error
 )
 
 // envs returns the two CEL environments: one for rules (`conditions`,
