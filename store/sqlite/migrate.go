@@ -3,12 +3,15 @@ package sqlite
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"io/fs"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/agentotp/agentotp"
 )
 
 //go:embed migrations/*.sql
@@ -61,11 +64,30 @@ func (s *Store) migrate(ctx context.Context) error {
 	}
 	latest := ms[len(ms)-1].version
 	for _, m := range ms {
-		if err := s.applyMigration(ctx, m, latest); err != nil {
+		if err := s.retryBusy(ctx, func() error { return s.applyMigration(ctx, m, latest) }); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// retryBusy retries fn while it fails with SQLITE_BUSY, up to the busy
+// timeout. While another process is creating the file or switching it to
+// WAL, SQLite reports BUSY at once instead of calling the busy handler, so
+// opening a new file from two processes needs this outer loop.
+func (s *Store) retryBusy(ctx context.Context, fn func() error) error {
+	deadline := time.Now().Add(s.busyTimeout)
+	for wait := 5 * time.Millisecond; ; wait = min(2*wait, 200*time.Millisecond) {
+		err := fn()
+		if !errors.Is(err, agentotp.ErrUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(wait):
+		}
+	}
 }
 
 func (s *Store) applyMigration(ctx context.Context, m migration, latest int) error {

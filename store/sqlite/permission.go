@@ -11,30 +11,32 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-const permissionColumns = `id, agent_id, action, resource, scope_json, context_json, idempotency_key,
-	status, created_at, updated_at, approval_expires_at,
-	decision_effect, decision_rule, decision_policy_version, decision_reason, decision_scope_json,
-	decision_token_ttl_ns, decision_uses, decision_use_when, decision_approvers_json, decision_quorum,
-	decision_event_id, decided_by, decided_at, decided_reason,
-	granted_scope_json, token_ttl_ns, uses, uses_remaining, token_expires_at, token_hash,
-	token_issued_at, revoked_at`
-
-const selectPermission = `SELECT ` + permissionColumns + ` FROM permissions`
-
-const insertPermissionSQL = `INSERT INTO permissions (` + permissionColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
-
 // The id, owner, creation time and idempotency key identify the request and
-// never change; everything else is written by UpdatePermission.
-const updatePermissionSQL = `UPDATE permissions SET
-	action = ?, resource = ?, scope_json = ?, context_json = ?,
-	status = ?, updated_at = ?, approval_expires_at = ?,
-	decision_effect = ?, decision_rule = ?, decision_policy_version = ?, decision_reason = ?, decision_scope_json = ?,
-	decision_token_ttl_ns = ?, decision_uses = ?, decision_use_when = ?, decision_approvers_json = ?, decision_quorum = ?,
-	decision_event_id = ?, decided_by = ?, decided_at = ?, decided_reason = ?,
-	granted_scope_json = ?, token_ttl_ns = ?, uses = ?, uses_remaining = ?, token_expires_at = ?, token_hash = ?,
-	token_issued_at = ?, revoked_at = ?
-	WHERE id = ? AND status = ?`
+// never change; UpdatePermission writes the mutable columns. Both statements
+// derive from these lists, so argument order cannot drift.
+const immutablePermissionColumns = `id, agent_id, created_at, idempotency_key`
+
+var mutablePermissionColumns = []string{
+	"action", "resource", "scope_json", "context_json",
+	"status", "updated_at", "approval_expires_at",
+	"decision_effect", "decision_rule", "decision_policy_version", "decision_reason", "decision_scope_json",
+	"decision_token_ttl_ns", "decision_uses", "decision_use_when", "decision_approvers_json", "decision_quorum",
+	"decision_event_id", "decided_by", "decided_at", "decided_reason",
+	"granted_scope_json", "token_ttl_ns", "uses", "uses_remaining", "token_expires_at", "token_hash",
+	"token_issued_at", "revoked_at",
+}
+
+var (
+	permissionColumns = immutablePermissionColumns + ", " + strings.Join(mutablePermissionColumns, ", ")
+
+	selectPermission = `SELECT ` + permissionColumns + ` FROM permissions`
+
+	insertPermissionSQL = `INSERT INTO permissions (` + permissionColumns + `) VALUES (?` +
+		strings.Repeat(", ?", 3+len(mutablePermissionColumns)) + `)`
+
+	updatePermissionSQL = `UPDATE permissions SET ` +
+		strings.Join(mutablePermissionColumns, " = ?, ") + ` = ? WHERE id = ? AND status = ?`
+)
 
 // One statement, so no interleaving can spend a use twice: the row is
 // checked and decremented under SQLite's write lock. At exactly
@@ -47,7 +49,7 @@ const spendTokenSQL = `UPDATE permissions SET
 	AND uses_remaining > 0 AND token_expires_at > ?
 	RETURNING uses_remaining`
 
-// permissionArgs returns the mutable columns in updatePermissionSQL order.
+// permissionArgs returns the values of mutablePermissionColumns, in order.
 func permissionArgs(p *agentotp.Permission) ([]any, error) {
 	scope, err := encodeMap(p.Scope)
 	if err != nil {
@@ -91,8 +93,9 @@ func scanPermission(sc scanner) (*agentotp.Permission, error) {
 		effect                                   string
 		decisionTTL, tokenTTL                    int64
 	)
-	err := sc.Scan(&p.ID, &agentID, &p.Action, &p.Resource, &scope, &pctx, &p.IdempotencyKey,
-		&p.Status, &created, &updated, &approvalExp,
+	err := sc.Scan(&p.ID, &agentID, &created, &p.IdempotencyKey,
+		&p.Action, &p.Resource, &scope, &pctx,
+		&p.Status, &updated, &approvalExp,
 		&effect, &p.Decision.Rule, &p.Decision.PolicyVersion, &p.Decision.Reason, &dscope,
 		&decisionTTL, &p.Decision.Uses, &p.Decision.UseWhen, &approvers, &p.Decision.Quorum,
 		&p.DecisionEventID, &p.DecidedBy, &decidedAt, &p.DecisionReason,
@@ -259,14 +262,7 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 	if p.AgentID != "" {
 		agentID = string(p.AgentID)
 	}
-	// Insert order: id, agent, then the mutable columns with the created
-	// time and idempotency key spliced in where permissionColumns has them.
-	all := make([]any, 0, 33)
-	all = append(all, string(p.ID), agentID)
-	all = append(all, args[:4]...)               // action … context
-	all = append(all, p.IdempotencyKey, args[4]) // key, status
-	all = append(all, nanos(p.CreatedAt))        // created_at
-	all = append(all, args[5:]...)               // updated_at …
+	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey}, args...)
 	_, err = t.stmt(ctx, t.s.insertPermission).ExecContext(ctx, all...)
 	return storeErr("create permission", err, failure{
 		conflict: "permission already exists (id, idempotency key or token)",

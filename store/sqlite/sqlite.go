@@ -39,9 +39,10 @@ type Options struct {
 
 // Store is an agentotp.Store in one SQLite file.
 type Store struct {
-	path   string
-	writer *sql.DB // one connection, BEGIN IMMEDIATE
-	reader *sql.DB // pool, query_only
+	path        string
+	busyTimeout time.Duration
+	writer      *sql.DB // one connection, BEGIN IMMEDIATE
+	reader      *sql.DB // pool, query_only
 
 	// Hot-path statements. Writer statements are prepared on the single
 	// writer connection and bound into each transaction with Tx.StmtContext.
@@ -104,7 +105,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	writer.SetConnMaxLifetime(0)
 	writer.SetConnMaxIdleTime(0)
 
-	s := &Store{path: path, writer: writer}
+	s := &Store{path: path, busyTimeout: busy, writer: writer}
 	if err := s.migrate(ctx); err != nil {
 		writer.Close()
 		return nil, err
@@ -149,11 +150,14 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.reader, &s.userByKeyHash, selectUser + " WHERE key_hash = ? AND key_hash <> ''"},
 	}
 	for _, st := range stmts {
-		p, err := st.db.PrepareContext(ctx, st.query)
+		err := s.retryBusy(ctx, func() error {
+			p, err := st.db.PrepareContext(ctx, st.query)
+			*st.dst = p
+			return storeErr("prepare statement", err)
+		})
 		if err != nil {
-			return fmt.Errorf("sqlite: prepare %q: %w", st.query, err)
+			return err
 		}
-		*st.dst = p
 	}
 	return nil
 }

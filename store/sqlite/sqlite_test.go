@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"fmt"
 	"os"
 	"path/filepath"
 	"sync"
@@ -84,18 +85,24 @@ func TestMigrations(t *testing.T) {
 	t.Run("concurrent opens of a new file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "race.db")
 		var wg sync.WaitGroup
-		for range 4 {
+		for i := range 8 {
 			wg.Go(func() {
 				s, err := sqlite.Open(ctx, path, sqlite.Options{})
 				if err != nil {
 					t.Errorf("open: %v", err)
 					return
 				}
-				s.Close()
+				defer s.Close()
+				a := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: fmt.Sprint("agent", i), KeyHash: fmt.Sprint(i)}
+				if err := s.Update(ctx, func(tx agentotp.Tx) error { return tx.CreateAgent(ctx, a) }); err != nil {
+					t.Errorf("write: %v", err)
+				}
 			})
 		}
 		wg.Wait()
-		require.Equal(t, 1, countRows(t, raw(t, path), "schema_migrations"))
+		db := raw(t, path)
+		require.Equal(t, 1, countRows(t, db, "schema_migrations"))
+		require.Equal(t, 8, countRows(t, db, "agents"))
 	})
 
 	t.Run("refuses a newer schema", func(t *testing.T) {
