@@ -10,12 +10,15 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/httpapi"
+	"github.com/agentotp/agentotp/policy"
 	"github.com/agentotp/agentotp/store/sqlite"
 )
 
@@ -43,9 +46,10 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // app is the wired server core shared by serve and the local admin commands.
 type app struct {
-	store *sqlite.Store
-	svc   *agentotp.Service
-	log   *slog.Logger
+	store  *sqlite.Store
+	engine *policy.Engine
+	svc    *agentotp.Service
+	log    *slog.Logger
 }
 
 func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string) (*app, error) {
@@ -59,7 +63,7 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 		return nil, fmt.Errorf("open store %s: %w", cfg.DBPath(), err)
 	}
 	a := &app{store: st, log: logger}
-	eval, err := buildEvaluator(ctx, cfg, st, logger, func(ctx context.Context, version string, err error) {
+	a.engine, err = buildEvaluator(ctx, cfg, st, logger, func(ctx context.Context, version string, err error) {
 		if a.svc != nil {
 			a.svc.RecordPolicyReload(ctx, version, err)
 		}
@@ -68,11 +72,14 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 		st.Close()
 		return nil, err
 	}
-	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: eval, Logger: logger, PublicURL: publicURL})
+	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: a.engine, Logger: logger, PublicURL: publicURL})
 	return a, nil
 }
 
-func (a *app) Close() error { return a.store.Close() }
+func (a *app) Close() error {
+	a.engine.Close()
+	return a.store.Close()
+}
 
 // adminKey returns the bootstrap admin key: from the environment, else from
 // <data>/admin.key, else a new one saved there (0600). fresh reports the
@@ -160,6 +167,18 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	}
 	fmt.Fprintf(stdout, "create an agent: agentotp agents create my-agent --data %s\n", cfg.Data)
 
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for range hup {
+			logger.Info("SIGHUP: reloading policies")
+			if err := a.engine.Reload(sweepCtx); err != nil {
+				logger.Error("policy reload rejected; the previous set stays active", "err", err)
+			}
+		}
+	}()
+
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {
@@ -177,11 +196,18 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	return nil
 }
 
-// buildEvaluator returns the policy evaluator for cfg: everything requires
-// approval until a policy file is configured.
-func buildEvaluator(_ context.Context, cfg Config, _ *sqlite.Store, _ *slog.Logger, _ func(context.Context, string, error)) (agentotp.Evaluator, error) {
+// buildEvaluator returns the policy engine: the rules of cfg.Policies
+// (watched for changes) plus the API-managed rules in the store. With
+// neither, every request requires approval.
+func buildEvaluator(ctx context.Context, cfg Config, st *sqlite.Store, logger *slog.Logger, onReload func(context.Context, string, error)) (*policy.Engine, error) {
+	opts := policy.Options{Source: st, Counter: st, Logger: logger, OnReload: onReload, Clock: time.Now}
 	if cfg.Policies != "" {
-		return nil, fmt.Errorf("policies: the policy engine is not wired in yet")
+		opts.Paths = []string{cfg.Policies}
+		opts.Watch = true
 	}
-	return agentotp.RequireApprovalEvaluator{}, nil
+	eng, err := policy.New(ctx, opts)
+	if err != nil {
+		return nil, fmt.Errorf("policies: %w", err)
+	}
+	return eng, nil
 }
