@@ -221,6 +221,16 @@ func (e *testEnv) do(method, path, key string, body any, hdr ...string) resp {
 	return r
 }
 
+// tryResp is do for other goroutines: a transport error becomes a
+// response with status 0 that the test goroutine then rejects.
+func (e *testEnv) tryResp(method, path, key string, body any) resp {
+	r, err := e.try(context.Background(), method, path, key, body)
+	if err != nil {
+		return resp{Body: []byte(err.Error())}
+	}
+	return r
+}
+
 func (e *testEnv) try(ctx context.Context, method, path, key string, body any, hdr ...string) (resp, error) {
 	var rd io.Reader
 	switch b := body.(type) {
