@@ -161,7 +161,7 @@ func (s *Service) changeAgent(ctx context.Context, p Principal, id AgentID, typ 
 	now := s.clock()
 	var out *Agent
 	err := s.store.Update(ctx, func(tx Tx) error {
-		a, err := s.store.Agent(ctx, id)
+		a, err := tx.Agent(ctx, id)
 		if err != nil {
 			return err
 		}
@@ -332,7 +332,7 @@ func (s *Service) changeUser(ctx context.Context, p Principal, id UserID, detail
 	now := s.clock()
 	var out *User
 	err := s.store.Update(ctx, func(tx Tx) error {
-		u, err := s.store.User(ctx, id)
+		u, err := tx.User(ctx, id)
 		if err != nil {
 			return err
 		}

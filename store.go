@@ -12,6 +12,8 @@ import (
 // same database.
 type Store interface {
 	// Update runs fn in one write transaction. fn's error rolls back.
+	// fn must not call Update again, and should read through its Tx: the
+	// store's own read methods see only committed state.
 	Update(ctx context.Context, fn func(Tx) error) error
 
 	Permission(ctx context.Context, id PermissionID) (*Permission, error)
@@ -69,6 +71,9 @@ type Tx interface {
 	AddApproval(ctx context.Context, a Approval) error
 	Approvals(ctx context.Context, id PermissionID) ([]Approval, error)
 
+	// Agent and User read inside the transaction (see its earlier writes).
+	Agent(ctx context.Context, id AgentID) (*Agent, error)
+	User(ctx context.Context, id UserID) (*User, error)
 	CreateAgent(ctx context.Context, a *Agent) error
 	UpdateAgent(ctx context.Context, a *Agent) error
 	DeleteAgent(ctx context.Context, id AgentID) error

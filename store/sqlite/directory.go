@@ -67,6 +67,16 @@ func agentArgs(a *agentotp.Agent) ([]any, error) {
 	return []any{a.Name, a.Description, meta, boolInt(a.Active), a.KeyHash, a.KeyPrefix, nanos(a.UpdatedAt)}, nil
 }
 
+func (t *tx) Agent(ctx context.Context, id agentotp.AgentID) (*agentotp.Agent, error) {
+	a, err := scanAgent(t.tx.QueryRowContext(ctx, selectAgent+" WHERE id = ?", string(id)))
+	return a, storeErr("read agent", err, agentNotFound)
+}
+
+func (t *tx) User(ctx context.Context, id agentotp.UserID) (*agentotp.User, error) {
+	u, err := scanUser(t.tx.QueryRowContext(ctx, selectUser+" WHERE id = ?", string(id)))
+	return u, storeErr("read user", err, userNotFound)
+}
+
 func (t *tx) CreateAgent(ctx context.Context, a *agentotp.Agent) error {
 	args, err := agentArgs(a)
 	if err != nil {

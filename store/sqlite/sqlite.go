@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentotp/agentotp"
@@ -55,6 +56,11 @@ type Store struct {
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
 	userByKeyHash  *sql.Stmt
+
+	jobs     chan *job     // queued Updates for the writer goroutine
+	quit     chan struct{} // closed by Close
+	loopDone chan struct{} // closed when the writer goroutine has exited
+	closing  sync.Once
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -94,7 +100,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	// journal_size_limit trims the WAL file after a checkpoint (64 MiB) so
 	// that one burst does not keep a large file around.
 	writer, err := sql.Open("sqlite", base+"&_pragma=journal_mode(WAL)&_pragma=synchronous("+sync+")"+
-		"&_pragma=journal_size_limit(67108864)&_txlock=immediate")
+		"&_pragma=journal_size_limit(67108864)&_pragma=temp_store(2)&_txlock=immediate")
 	if err != nil {
 		return nil, fmt.Errorf("sqlite: open writer: %w", err)
 	}
@@ -121,6 +127,8 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	reader.SetMaxOpenConns(n)
 	reader.SetMaxIdleConns(n)
 	s.reader = reader
+	s.jobs, s.quit, s.loopDone = make(chan *job), make(chan struct{}), make(chan struct{})
+	go s.writeLoop()
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -165,8 +173,13 @@ func (s *Store) prepare(ctx context.Context) error {
 // Path returns the database file's path.
 func (s *Store) Path() string { return s.path }
 
-// Close closes both pools. Pending writes are already durable.
+// Close stops the writer and closes both pools. Acknowledged writes are
+// already durable; an Update still queued fails with SERVICE_UNAVAILABLE.
 func (s *Store) Close() error {
+	if s.quit != nil {
+		s.closing.Do(func() { close(s.quit) })
+		<-s.loopDone
+	}
 	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
 		s.txPermission, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
 		if st != nil {
@@ -194,23 +207,163 @@ func (s *Store) Ping(ctx context.Context) error {
 }
 
 // Update runs fn in one BEGIN IMMEDIATE transaction and commits it; any
-// error from fn, or a panic, rolls everything back. fn must not call Update
-// (the single writer connection is busy with fn's transaction); it may call
-// the Store's read methods, which see the last committed state.
+// error from fn, or a panic, rolls fn's changes back. fn must not call
+// Update (the single writer is busy with fn's transaction); it may call the
+// Store's read methods, which see the last committed state only.
+//
+// Updates from concurrent callers are group-committed: the writer runs the
+// calls waiting at the same moment in one transaction, each inside its own
+// savepoint, so a failing call rolls back alone and one commit (one fsync
+// at synchronous=FULL) makes the whole batch durable. Update returns only
+// after that commit, so an acknowledged change is on disk.
 func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
-	sqlTx, err := s.writer.BeginTx(ctx, nil)
-	if err != nil {
-		return storeErr("begin transaction", err)
-	}
-	// Runs on error and on panic alike; after Commit it is a no-op.
-	defer func() { _ = sqlTx.Rollback() }()
-	if err := fn(&tx{s: s, tx: sqlTx}); err != nil {
+	if err := ctx.Err(); err != nil {
 		return err
 	}
-	if err := sqlTx.Commit(); err != nil {
-		return storeErr("commit", err)
+	j := &job{ctx: ctx, fn: fn, done: make(chan jobResult, 1)}
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.quit:
+		return errClosed
 	}
-	return nil
+	// Once queued, wait for the outcome even if ctx ends: the change may
+	// already be committed, and the caller must learn that.
+	r := <-j.done
+	if r.panicked {
+		panic(r.panicVal)
+	}
+	return r.err
+}
+
+var errClosed = &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "store is closed"}
+
+// maxBatch bounds how many Updates share one transaction.
+const maxBatch = 128
+
+type job struct {
+	ctx  context.Context
+	fn   func(agentotp.Tx) error
+	done chan jobResult
+}
+
+type jobResult struct {
+	err      error
+	panicked bool
+	panicVal any
+}
+
+// writeLoop is the single writer: it takes the first waiting job, gathers
+// whatever else is queued, and runs them as one transaction.
+func (s *Store) writeLoop() {
+	defer close(s.loopDone)
+	batch := make([]*job, 0, maxBatch)
+	for {
+		var first *job
+		select {
+		case first = <-s.jobs:
+		case <-s.quit:
+			return
+		}
+		batch = append(batch[:0], first)
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case j := <-s.jobs:
+				batch = append(batch, j)
+			default:
+				break gather
+			}
+		}
+		s.runBatch(batch)
+	}
+}
+
+func (s *Store) runBatch(batch []*job) {
+	results := make([]jobResult, len(batch))
+	finish := func() {
+		for i, j := range batch {
+			j.done <- results[i]
+		}
+	}
+	defer finish()
+	sqlTx, err := s.writer.BeginTx(context.Background(), nil)
+	if err != nil {
+		err = storeErr("begin transaction", err)
+		for i := range results {
+			results[i].err = err
+		}
+		return
+	}
+	single := len(batch) == 1
+	ok := 0
+	for i, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			results[i].err = err
+			continue
+		}
+		if !single {
+			if _, err := sqlTx.Exec("SAVEPOINT job"); err != nil {
+				s.abort(sqlTx, results, storeErr("savepoint", err))
+				return
+			}
+		}
+		results[i] = runJob(j, &tx{s: s, tx: sqlTx})
+		if results[i].err == nil && !results[i].panicked {
+			ok++
+			if !single {
+				if _, err := sqlTx.Exec("RELEASE job"); err != nil {
+					s.abort(sqlTx, results, storeErr("release savepoint", err))
+					return
+				}
+			}
+			continue
+		}
+		if single {
+			_ = sqlTx.Rollback()
+			return
+		}
+		if _, err := sqlTx.Exec("ROLLBACK TO job"); err != nil {
+			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
+			return
+		}
+		if _, err := sqlTx.Exec("RELEASE job"); err != nil {
+			s.abort(sqlTx, results, storeErr("release savepoint", err))
+			return
+		}
+	}
+	if ok == 0 {
+		_ = sqlTx.Rollback()
+		return
+	}
+	if err := sqlTx.Commit(); err != nil {
+		s.abort(nil, results, storeErr("commit", err))
+	}
+}
+
+// abort fails every job that had not failed on its own: the transaction
+// holding their changes is gone.
+func (s *Store) abort(sqlTx *sql.Tx, results []jobResult, err error) {
+	if sqlTx != nil {
+		_ = sqlTx.Rollback()
+	}
+	for i := range results {
+		if results[i].err == nil && !results[i].panicked {
+			results[i].err = err
+		}
+	}
+}
+
+// runJob calls the job's fn, turning a panic into a result that Update
+// re-raises on the caller's goroutine.
+func runJob(j *job, t *tx) (r jobResult) {
+	defer func() {
+		if v := recover(); v != nil {
+			r = jobResult{panicked: true, panicVal: v}
+		}
+	}()
+	return jobResult{err: j.fn(t)}
 }
 
 // snapshot runs fn in a read transaction, so that several queries (a count
