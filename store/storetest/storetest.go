@@ -43,6 +43,7 @@ func Run(t *testing.T, open Opener) {
 		{"IdempotencyKey", testIdempotencyKey},
 		{"DeleteKeepsHistory", testDeleteKeepsHistory},
 		{"RollbackOnError", testRollback},
+		{"ConcurrentUpdatesIsolated", testConcurrentUpdatesIsolated},
 		{"AuditChain", testAuditChain},
 		{"AuditFilters", testAuditFilters},
 		{"AuditStats", testAuditStats},
@@ -1304,4 +1305,69 @@ func testCountPermissions(t *testing.T, s agentotp.Store) {
 			require.Equal(t, tc.want, n)
 		})
 	}
+}
+
+// testConcurrentUpdatesIsolated runs many Updates at once, some failing
+// (after writing and appending audit) and some panicking: a store that
+// batches them must roll back exactly the failing ones, report each
+// caller's own outcome, and keep the audit chain whole.
+func testConcurrentUpdatesIsolated(t *testing.T, s agentotp.Store) {
+	ctx := context.Background()
+	const n = 60
+	boom := errors.New("boom")
+	errs := make([]error, n)
+	panics := make([]bool, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { panics[i] = recover() != nil }()
+			<-start
+			errs[i] = s.Update(ctx, func(tx agentotp.Tx) error {
+				a := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: fmt.Sprintf("iso-%d", i), Active: true,
+					KeyHash: agentotp.HashSecret(fmt.Sprintf("iso-key-%d", i)), CreatedAt: base, UpdatedAt: base}
+				if err := tx.CreateAgent(ctx, a); err != nil {
+					return err
+				}
+				if err := tx.AppendAudit(ctx, &agentotp.AuditEvent{Time: base, Type: agentotp.EventAgentCreate,
+					ActorType: "system", AgentID: a.ID, Details: map[string]any{"i": i}}); err != nil {
+					return err
+				}
+				switch i % 3 {
+				case 1:
+					return boom
+				case 2:
+					panic("boom")
+				}
+				return nil
+			})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	list, total, err := s.Agents(ctx, agentotp.Page{Page: 1, Limit: 100})
+	require.NoError(t, err)
+	names := map[string]bool{}
+	for _, a := range list {
+		names[a.Name] = true
+	}
+	for i := range n {
+		name := fmt.Sprintf("iso-%d", i)
+		switch i % 3 {
+		case 0:
+			require.NoError(t, errs[i], name)
+			require.False(t, panics[i], name)
+			require.True(t, names[name], "%s committed", name)
+		case 1:
+			require.ErrorIs(t, errs[i], boom, name)
+			require.False(t, names[name], "%s rolled back", name)
+		case 2:
+			require.True(t, panics[i], "%s re-panics in its caller", name)
+			require.False(t, names[name], "%s rolled back", name)
+		}
+	}
+	require.Equal(t, n/3, total)
+	require.Equal(t, int64(n/3), verifyChain(t, s))
 }
