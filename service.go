@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"time"
 )
 
@@ -77,6 +78,9 @@ func (s *Service) Store() Store { return s.store }
 
 // Now returns the service clock's time.
 func (s *Service) Now() time.Time { return s.clock() }
+
+// PublicURL returns the base URL of links the service hands out.
+func (s *Service) PublicURL() string { return s.publicURL }
 
 // ApprovalURL returns the console link for a permission.
 func (s *Service) ApprovalURL(id PermissionID) string {
@@ -260,7 +264,8 @@ func (s *Service) replay(ctx context.Context, p Principal, req PermissionRequest
 		if err != nil {
 			return err
 		}
-		if perm.Action != req.Action || perm.Resource != req.Resource {
+		if perm.Action != req.Action || perm.Resource != req.Resource ||
+			!reflect.DeepEqual(perm.Scope, req.Scope) || !reflect.DeepEqual(perm.Context, req.Context) {
 			return Errorf(CodeConflict, "idempotencyKey was already used for a different request")
 		}
 		out = perm

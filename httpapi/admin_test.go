@@ -302,3 +302,41 @@ func TestAuditPagination(t *testing.T) {
 	require.EqualValues(t, len(all), v["checked"])
 	require.Equal(t, all[len(all)-1].Hash, v["lastHash"])
 }
+
+// TestAuditPermissionCursor walks one permission's trail, oldest first, two
+// events a page: every event once, in order, however long the trail.
+func TestAuditPermissionCursor(t *testing.T) {
+	e := newTestServer(t)
+	a := e.createAgent("walker")
+	p := e.grant(a.Key, map[string]any{"uses": 3})
+	for range 4 {
+		e.use(a.Key, p.ID, p.Token, nil)
+	}
+	e.use(a.Key, p.ID, "otp_wrongwrongwrongwrongwrongwrong", nil)
+	full := e.auditOf(p.ID)
+	require.Len(t, full, 8) // request, approve, token_issue, 3 uses, 2 refusals
+	var walked []int64
+	cursor := ""
+	for pages := 0; pages < 20; pages++ {
+		q := url.Values{"limit": {"2"}}
+		if cursor != "" {
+			q.Set("cursor", cursor)
+		}
+		r := e.do("GET", "/api/v1/audit/permissions/"+p.ID+"?"+q.Encode(), e.adminKey, nil)
+		var page []auditView
+		r.data(t, http.StatusOK, &page)
+		var meta cursorMeta
+		require.NoError(t, json.Unmarshal(r.envelope(t).Meta, &meta))
+		for _, ev := range page {
+			walked = append(walked, ev.Seq)
+		}
+		if !meta.HasMore {
+			break
+		}
+		cursor = meta.NextCursor
+	}
+	require.Len(t, walked, len(full))
+	for i, ev := range full {
+		require.Equal(t, ev.Seq, walked[i])
+	}
+}

@@ -53,8 +53,8 @@ func auditFilter(r *http.Request) (agentotp.AuditFilter, error) {
 	return f, nil
 }
 
-// writeAuditPage lists events newest first; nextCursor continues below the
-// last one.
+// writeAuditPage lists events (newest first unless f.Ascending); nextCursor
+// continues past the last one.
 func (s *Server) writeAuditPage(w http.ResponseWriter, r *http.Request, p agentotp.Principal, f agentotp.AuditFilter) {
 	limit := f.Limit
 	f.Limit++ // one more tells whether another page exists
@@ -67,9 +67,7 @@ func (s *Server) writeAuditPage(w http.ResponseWriter, r *http.Request, p agento
 	if len(events) > limit {
 		events = events[:limit]
 		meta.HasMore = true
-		if !f.Ascending {
-			meta.NextCursor = strconv.FormatInt(events[len(events)-1].Seq, 10)
-		}
+		meta.NextCursor = strconv.FormatInt(events[len(events)-1].Seq, 10)
 	}
 	out := make([]any, 0, len(events))
 	for _, e := range events {
@@ -87,8 +85,18 @@ func (s *Server) listAudit(w http.ResponseWriter, r *http.Request, p agentotp.Pr
 	s.writeAuditPage(w, r, p, f)
 }
 
+// auditPermission lists one permission's trail oldest first; nextCursor
+// continues after the last event.
 func (s *Server) auditPermission(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
-	f := agentotp.AuditFilter{PermissionID: agentotp.PermissionID(r.PathValue("id")), Ascending: true, Limit: 1000}
+	f, err := auditFilter(r)
+	if err != nil {
+		writeError(w, err)
+		return
+	}
+	f.PermissionID, f.Ascending, f.AfterSeq, f.BeforeSeq = agentotp.PermissionID(r.PathValue("id")), true, f.BeforeSeq, 0
+	if r.URL.Query().Get("limit") == "" {
+		f.Limit = 1000
+	}
 	if !f.PermissionID.Valid() {
 		writeError(w, agentotp.Errorf(agentotp.CodeNotFound, "permission request not found"))
 		return

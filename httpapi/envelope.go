@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -79,6 +80,11 @@ func writeError(w http.ResponseWriter, err error) {
 	if !ok {
 		status = http.StatusInternalServerError
 	}
+	if status == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
+		// Limits the service enforces (e.g. the pending-approval cap)
+		// clear as humans decide; a minute is a sensible pause.
+		w.Header().Set("Retry-After", "60")
+	}
 	writeJSON(w, status, envelope{Error: &errorBody{Code: e.Code, Message: e.Message, Details: e.Details}})
 }
 
@@ -98,6 +104,9 @@ func decode(r *http.Request, v any) error {
 	}
 	if !utf8.Valid(body) {
 		return agentotp.Errorf(agentotp.CodeValidation, "request body is not valid UTF-8")
+	}
+	if err := checkKeys(body, reflect.TypeOf(v)); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()

@@ -345,6 +345,8 @@ func TestIdempotency(t *testing.T) {
 			fail(t, http.StatusConflict, "CONFLICT")
 		e.do("POST", "/api/v1/permissions/request", a.Key, map[string]any{"action": "auto.x", "resource": "r", "idempotencyKey": "k-conf"}).
 			fail(t, http.StatusConflict, "CONFLICT")
+		e.do("POST", "/api/v1/permissions/request", a.Key, map[string]any{"action": "auto.x", "scope": map[string]any{"max": 9}, "idempotencyKey": "k-conf"}).
+			fail(t, http.StatusConflict, "CONFLICT")
 	})
 
 	t.Run("keys are per agent", func(t *testing.T) {

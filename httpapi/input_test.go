@@ -220,7 +220,9 @@ func TestHostileStrings(t *testing.T) {
 			require.Equal(t, ctx, p.Context)
 
 			// The same idempotency key finds it again.
-			again := e.request(a.APIKey, map[string]any{"action": "hostile." + s, "resource": s, "idempotencyKey": s}, http.StatusAccepted)
+			again := e.request(a.APIKey, map[string]any{
+				"action": "hostile." + s, "resource": s, "scope": scope, "context": ctx, "idempotencyKey": s,
+			}, http.StatusAccepted)
 			require.Equal(t, p.ID, again.ID)
 
 			var d permView
@@ -258,4 +260,30 @@ func TestHostileStrings(t *testing.T) {
 	for line := range bytes.Lines(r.Body) {
 		require.True(t, json.Valid(line), "line %q", line)
 	}
+}
+
+// TestExactKeys: encoding/json matches field names case-insensitively and
+// lets a duplicate key win; both would let a body say something other than
+// what a reviewer reads, so both are refused.
+func TestExactKeys(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("exact")
+	p := e.pending(agent.Key, "needs.human")
+	for _, c := range []struct {
+		path, key, body, field string
+	}{
+		{"/api/v1/permissions/" + p.ID + "/decide", e.adminKey, `{"approved":false,"Approved":true}`, "Approved"},
+		{"/api/v1/permissions/request", agent.Key, `{"ACTION":"auto.x"}`, "ACTION"},
+		{"/api/v1/permissions/request", agent.Key, `{"action":"auto.x","TTL":60}`, "TTL"},
+		{"/api/v1/permissions/request", agent.Key, `{"action":"deny.x","action":"auto.y"}`, "action"},
+		{"/api/v1/permissions/request", agent.Key, `{"action":"auto.x","scope":{"a":1,"a":2}}`, "scope.a"},
+		{"/api/v1/policies", e.adminKey, `{"name":"p","action":"deny","token":{"TTL":60}}`, "token.TTL"},
+	} {
+		err := e.do("POST", c.path, c.key, c.body).fail(t, http.StatusBadRequest, "VALIDATION_ERROR")
+		require.Contains(t, err.Message, c.field, c.body)
+	}
+	// Nothing was decided or created along the way.
+	var got permView
+	e.do("GET", "/api/v1/permissions/"+p.ID, agent.Key, nil).data(t, http.StatusOK, &got)
+	require.Equal(t, "pending", got.Status)
 }

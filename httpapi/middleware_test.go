@@ -107,6 +107,9 @@ func TestPendingCap(t *testing.T) {
 	}
 	e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "needs.human"}).
 		fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+	r := e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "needs.human"})
+	r.fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+	require.NotEmpty(t, r.Header.Get("Retry-After"), "every 429 says when to retry")
 	// Auto-approved requests are not queued, so they still work.
 	e.grant(agent.Key, nil)
 	// Another agent is not affected.

@@ -3,9 +3,11 @@ package httpapi
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/agentotp/agentotp"
@@ -13,6 +15,9 @@ import (
 
 // MaxWait bounds long-polls (PRODUCT §3).
 const MaxWait = 60 * time.Second
+
+// sseHeartbeat spaces keep-alive comments on idle event streams.
+var sseHeartbeat = 15 * time.Second
 
 func seconds(field string, v *int) (time.Duration, error) {
 	if v == nil {
@@ -107,10 +112,32 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 		return
 	}
 	id := agentotp.PermissionID(r.PathValue("id"))
+	// Events and keep-alive comments share the writer.
+	var mu sync.Mutex
 	started := false
-	heartbeat := time.NewTicker(15 * time.Second)
-	defer heartbeat.Stop()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(sseHeartbeat)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				mu.Lock()
+				if started {
+					// A comment line keeps proxies from closing an idle stream.
+					_, _ = io.WriteString(w, ": keep-alive\n\n")
+					flusher.Flush()
+				}
+				mu.Unlock()
+			}
+		}
+	}()
 	err := s.svc.Watch(r.Context(), p, id, func(perm *agentotp.Permission, token agentotp.Secret) error {
+		mu.Lock()
+		defer mu.Unlock()
 		if !started {
 			w.Header().Set("Content-Type", "text/event-stream")
 			w.Header().Set("Cache-Control", "no-store")
@@ -128,6 +155,8 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 		flusher.Flush()
 		return nil
 	})
+	mu.Lock()
+	defer mu.Unlock()
 	if err != nil && !started {
 		s.fail(w, r, err)
 	}

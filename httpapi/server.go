@@ -64,6 +64,9 @@ type limiterEntry struct {
 
 // New returns the API server for svc.
 func New(svc *agentotp.Service, opts Options) *Server {
+	if opts.PublicURL == "" {
+		opts.PublicURL = svc.PublicURL()
+	}
 	s := &Server{
 		svc: svc, log: opts.Logger, publicURL: strings.TrimRight(opts.PublicURL, "/"), version: opts.Version,
 		mux: http.NewServeMux(), limiters: map[string]*limiterEntry{}, registry: opts.Registry,
@@ -173,15 +176,15 @@ func (s *Server) routes() {
 // per-principal rate limit. X-User-ID and any other header grant nothing.
 func (s *Server) auth(need role, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		key, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		if !ok || key == "" {
+		key, ok := bearer(r.Header.Get("Authorization"))
+		if !ok {
 			if !s.allow(w, "ip:"+clientIP(r)) {
 				return
 			}
 			writeError(w, agentotp.Errorf(agentotp.CodeUnauthorized, "missing API key: send Authorization: Bearer <key>"))
 			return
 		}
-		p, err := s.svc.Authenticate(r.Context(), strings.TrimSpace(key))
+		p, err := s.svc.Authenticate(r.Context(), key)
 		if err != nil {
 			// Failed keys are limited per client address (threat A8).
 			if agentotp.ErrorCode(err) == agentotp.CodeUnauthorized && !s.allow(w, "ip:"+clientIP(r)) {
@@ -200,6 +203,17 @@ func (s *Server) auth(need role, h handlerFunc) http.Handler {
 		}
 		h(w, r, p)
 	})
+}
+
+// bearer extracts the credential of an "Authorization: Bearer …" header;
+// the scheme name is case-insensitive (RFC 9110 §11.1).
+func bearer(h string) (string, bool) {
+	scheme, key, ok := strings.Cut(h, " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return "", false
+	}
+	key = strings.TrimSpace(key)
+	return key, key != ""
 }
 
 func permitted(need role, p agentotp.Principal) bool {

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp/httpapi"
 )
 
 // TestLongPoll: a GET with ?wait returns as soon as a human decides, with
@@ -219,4 +221,30 @@ func TestEventsTerminalAndErrors(t *testing.T) {
 	// Errors before the stream starts are ordinary JSON envelopes.
 	e.do("GET", "/api/v1/permissions/perm_nope/events", agent.Key, nil).fail(t, http.StatusNotFound, "NOT_FOUND")
 	e.do("GET", "/api/v1/permissions/"+p.ID+"/events", "", nil).fail(t, http.StatusUnauthorized, "UNAUTHORIZED")
+}
+
+// TestEventsHeartbeat: an idle stream gets keep-alive comments so proxies
+// do not cut it.
+func TestEventsHeartbeat(t *testing.T) {
+	defer httpapi.SetSSEHeartbeat(30 * time.Millisecond)()
+	e := newTestServer(t)
+	agent := e.createAgent("idle")
+	p := e.pending(agent.Key, "deploy.prod")
+	req, err := http.NewRequest("GET", e.srv.URL+"/api/v1/permissions/"+p.ID+"/events", nil)
+	require.NoError(t, err)
+	req.Header.Set("Authorization", "bearer "+agent.Key) // the scheme is case-insensitive
+	res, err := e.client.Do(req)
+	require.NoError(t, err)
+	defer res.Body.Close()
+	require.Equal(t, http.StatusOK, res.StatusCode)
+	rd := bufio.NewReader(res.Body)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		line, err := rd.ReadString('\n')
+		require.NoError(t, err)
+		if line == ": keep-alive\n" {
+			return
+		}
+	}
+	t.Fatal("no keep-alive comment on an idle stream")
 }
