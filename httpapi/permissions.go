@@ -118,7 +118,7 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 	stop := make(chan struct{})
 	defer close(stop)
 	go func() {
-		t := time.NewTicker(sseHeartbeat)
+		t := time.NewTicker(s.heartbeat)
 		defer t.Stop()
 		for {
 			select {

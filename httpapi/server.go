@@ -46,6 +46,7 @@ type Server struct {
 	version   string
 	mux       *http.ServeMux
 	handler   http.Handler
+	heartbeat time.Duration // keep-alive spacing on event streams
 
 	limit    rate.Limit
 	burst    int
@@ -70,6 +71,7 @@ func New(svc *agentotp.Service, opts Options) *Server {
 	s := &Server{
 		svc: svc, log: opts.Logger, publicURL: strings.TrimRight(opts.PublicURL, "/"), version: opts.Version,
 		mux: http.NewServeMux(), limiters: map[string]*limiterEntry{}, registry: opts.Registry,
+		heartbeat: sseHeartbeat,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
