@@ -3,7 +3,6 @@ package policy
 import (
 	"fmt"
 	"math"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -149,22 +148,12 @@ func condCEL(c condSpec) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	var val, has string // CEL for the value and for "it is defined"
-	if root.str {
-		val, has = root.expr, root.presence
-	} else {
-		if len(keys) == 0 {
-			val, has = root.expr, ""
-		} else {
-			ks := make([]any, len(keys))
-			for i, k := range keys {
-				ks[i] = k
-			}
-			kl, _ := celLiteral(ks)
-			val, has = "__v.value()", "__v.hasValue()"
-			root.expr = fmt.Sprintf("__get(%s, %s)", root.expr, kl)
-		}
+	ks := make([]any, len(keys))
+	for i, k := range keys {
+		ks[i] = k
 	}
+	keyList, _ := celLiteral(ks)
+	val, has := root.expr, root.presence
 	guard := func(e string) string {
 		if has == "" {
 			return e
@@ -177,20 +166,10 @@ func condCEL(c condSpec) (string, error) {
 		if err != nil {
 			return "", opErr(c, o, err.Error())
 		}
-		var e string
 		switch o.op {
 		case "equals", "notEquals":
-			if root.str {
-				if _, ok := o.value.(string); !ok {
-					return "", opErr(c, o, fmt.Sprintf("%s is a string, so comparing it with %s never matches", c.path, lit))
-				}
-			}
-			e = guard(val + " == " + lit)
-			if o.op == "notEquals" {
-				e = "!(" + e + ")"
-				if has == "" && root.str {
-					e = val + " != " + lit
-				}
+			if _, ok := o.value.(string); root.str && !ok {
+				return "", opErr(c, o, fmt.Sprintf("%s is a string, so comparing it with %s never matches", c.path, lit))
 			}
 		case "lessThan", "greaterThan", "lessThanOrEqual", "greaterThanOrEqual":
 			if !isNumber(o.value) {
@@ -199,60 +178,66 @@ func condCEL(c condSpec) (string, error) {
 			if root.str {
 				return "", opErr(c, o, fmt.Sprintf("%s is a string, so a numeric comparison never matches", c.path))
 			}
-			e = guard("type(" + val + ") in [int, uint, double] && " + val + " " + cmpOps[o.op] + " " + lit)
 		case "startsWith", "endsWith", "contains", "matches":
-			s, ok := o.value.(string)
+			str, ok := o.value.(string)
 			if !ok {
 				return "", opErr(c, o, "needs a string")
 			}
 			if o.op == "matches" {
-				if _, err := regexp.Compile(s); err != nil {
+				if _, err := cachedRegexp(str); err != nil {
 					return "", opErr(c, o, "invalid regular expression (RE2 syntax): "+strings.TrimPrefix(err.Error(), "error parsing regexp: "))
 				}
-			}
-			call := val + "." + o.op + "(" + lit + ")"
-			if root.str {
-				e = guard(call)
-			} else {
-				e = guard("type(" + val + ") == string && " + call)
 			}
 		case "in", "notIn":
 			if _, ok := o.value.([]any); !ok {
 				return "", opErr(c, o, "needs a list")
 			}
-			e = guard(val + " in " + lit)
-			if o.op == "notIn" {
-				e = "!(" + e + ")"
-			}
 		case "exists":
-			b, ok := o.value.(bool)
-			if !ok {
+			if _, ok := o.value.(bool); !ok {
 				return "", opErr(c, o, "needs true or false")
-			}
-			switch {
-			case root.str && has == "":
-				e = "true"
-			case root.str:
-				e = has
-			case has == "":
-				e = val + " != null"
-			default:
-				e = "(" + has + " && " + val + " != null)"
-			}
-			if !b {
-				e = "!(" + e + ")"
 			}
 		default:
 			return "", opErr(c, o, "unknown operator")
+		}
+		if !root.str {
+			// JSON values: the cond.* functions implement the v0.1.1
+			// semantics in Go (see operators.go).
+			fn := o.op
+			if fn == "in" {
+				fn = "oneOf" // `in` is a CEL keyword
+			}
+			parts = append(parts, fmt.Sprintf("cond.%s(%s, %s, %s)", fn, root.expr, keyList, lit))
+			continue
+		}
+		var e string
+		switch o.op {
+		case "equals":
+			e = guard(val + " == " + lit)
+		case "notEquals":
+			e = "!" + guard(val+" == "+lit)
+			if has == "" {
+				e = val + " != " + lit
+			}
+		case "startsWith", "endsWith", "contains", "matches":
+			e = guard(val + "." + o.op + "(" + lit + ")")
+		case "in":
+			e = guard(val + " in " + lit)
+		case "notIn":
+			e = "!(" + guard(val+" in "+lit) + ")"
+		case "exists":
+			e = "true"
+			if has != "" {
+				e = has
+			}
+			if !o.value.(bool) {
+				e = "!(" + e + ")"
+			}
 		}
 		parts = append(parts, e)
 	}
 	body := strings.Join(parts, " && ")
 	if len(parts) > 1 {
 		body = "(" + body + ")"
-	}
-	if !root.str && len(keys) > 0 {
-		return "cel.bind(__v, " + root.expr + ", " + body + ")", nil
 	}
 	return body, nil
 }
@@ -329,8 +314,19 @@ func checkCost(env *cel.Env, a *cel.Ast) error {
 // runtimeCostLimit is MaxCost; tests lower it to reach the runtime check.
 var runtimeCostLimit uint64 = MaxCost
 
+// trackedCost is the estimated worst case above which a program also
+// tracks its actual cost at run time. Below it the estimate (computed with
+// every input at its maximum accepted size) already bounds the work, and
+// tracking would cost more than the expression itself (about 2x).
+var trackedCost uint64 = 10_000
+
 func program(env *cel.Env, a *cel.Ast) (cel.Program, error) {
-	return env.Program(a, cel.EvalOptions(cel.OptOptimize), cel.CostLimit(runtimeCostLimit))
+	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
+	est, err := env.EstimateCost(a, sizeEstimator{})
+	if err != nil || est.Max > trackedCost || runtimeCostLimit < trackedCost {
+		opts = append(opts, cel.CostLimit(runtimeCostLimit))
+	}
+	return env.Program(a, opts...)
 }
 
 // actionKey is how the index finds a rule: exact actions, one prefix, or

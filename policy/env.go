@@ -40,18 +40,31 @@ var (
 // asserted action, resource, scope and context.
 type reqObj struct {
 	action, resource string
-	scope, context   ref.Val
-	agent            *agentObj
+	scope, context   lazyMap
+	agent            ref.Val // objVal[agentObj]
 }
 
 type agentObj struct {
 	id, name string
-	metadata ref.Val
+	metadata lazyMap
 }
 
 type toolObj struct {
 	server, name string
-	annotations  ref.Val
+	annotations  lazyMap
+}
+
+// lazyMap converts a JSON object to CEL at its first use only.
+type lazyMap struct {
+	raw map[string]any
+	val ref.Val
+}
+
+func (m *lazyMap) get() ref.Val {
+	if m.val == nil {
+		m.val = jsonVal(m.raw)
+	}
+	return m.val
 }
 
 // localObj is `local`: now in the configured time zone, computed in Go
@@ -95,19 +108,19 @@ var objectFields = map[string]map[string]field{
 	"agentotp.Request": {
 		"action":   {types.StringType, func(o any) any { return o.(*reqObj).action }},
 		"resource": {types.StringType, func(o any) any { return o.(*reqObj).resource }},
-		"scope":    {jsonMapType, func(o any) any { return o.(*reqObj).scope }},
-		"context":  {jsonMapType, func(o any) any { return o.(*reqObj).context }},
-		"agent":    {agentType, func(o any) any { return objVal[agentObj]{o.(*reqObj).agent, agentType} }},
+		"scope":    {jsonMapType, func(o any) any { return o.(*reqObj).scope.get() }},
+		"context":  {jsonMapType, func(o any) any { return o.(*reqObj).context.get() }},
+		"agent":    {agentType, func(o any) any { return o.(*reqObj).agent }},
 	},
 	"agentotp.Agent": {
 		"id":       {types.StringType, func(o any) any { return o.(*agentObj).id }},
 		"name":     {types.StringType, func(o any) any { return o.(*agentObj).name }},
-		"metadata": {jsonMapType, func(o any) any { return o.(*agentObj).metadata }},
+		"metadata": {jsonMapType, func(o any) any { return o.(*agentObj).metadata.get() }},
 	},
 	"agentotp.Tool": {
 		"server":      {types.StringType, func(o any) any { return o.(*toolObj).server }},
 		"name":        {types.StringType, func(o any) any { return o.(*toolObj).name }},
-		"annotations": {jsonMapType, func(o any) any { return o.(*toolObj).annotations }},
+		"annotations": {jsonMapType, func(o any) any { return o.(*toolObj).annotations.get() }},
 	},
 	"agentotp.Local": {
 		"hour":    {types.IntType, func(o any) any { return o.(*localObj).hour }},
@@ -319,7 +332,7 @@ func budgetFunctions() []cel.EnvOption {
 }
 
 func commonOptions() []cel.EnvOption {
-	return []cel.EnvOption{
+	return append(condFunctions(),
 		cel.OptionalTypes(),
 		cel.CrossTypeNumericComparisons(true),
 		ext.Strings(),
@@ -334,7 +347,7 @@ func commonOptions() []cel.EnvOption {
 			cel.BinaryBinding(func(p, s ref.Val) ref.Val {
 				return types.Bool(globMatch(string(p.(types.String)), string(s.(types.String))))
 			}))),
-	}
+	)
 }
 
 var (

@@ -534,20 +534,28 @@ func (p *fileParser) conditions(n *yaml.Node, rule string) []condSpec {
 // nodeValue converts a YAML node to the JSON-like values CEL and the
 // scope merge use: string, int64, float64, bool, nil, []any, map[string]any.
 func nodeValue(n *yaml.Node) (any, error) {
-	return nodeValueDepth(n, 0)
+	budget := maxValueNodes
+	return nodeValueDepth(n, 0, &budget)
 }
 
-func nodeValueDepth(n *yaml.Node, depth int) (any, error) {
+// maxValueNodes bounds the nodes of one value, aliases expanded, so that
+// an alias bomb ("billion laughs") is an error, not a hang.
+const maxValueNodes = 10000
+
+func nodeValueDepth(n *yaml.Node, depth int, budget *int) (any, error) {
 	if depth > agentotp.MaxObjectDepth {
 		return nil, errors.New("value is nested too deeply")
 	}
+	if *budget--; *budget < 0 {
+		return nil, errors.New("value is too large (aliases expand to too many nodes)")
+	}
 	switch n.Kind {
 	case yaml.AliasNode:
-		return nodeValueDepth(n.Alias, depth+1)
+		return nodeValueDepth(n.Alias, depth+1, budget)
 	case yaml.SequenceNode:
 		out := make([]any, 0, len(n.Content))
 		for _, c := range n.Content {
-			v, err := nodeValueDepth(c, depth+1)
+			v, err := nodeValueDepth(c, depth+1, budget)
 			if err != nil {
 				return nil, err
 			}
@@ -564,7 +572,7 @@ func nodeValueDepth(n *yaml.Node, depth int) (any, error) {
 			if _, dup := out[k.Value]; dup {
 				return nil, fmt.Errorf("line %d: key %q repeats", k.Line, k.Value)
 			}
-			v, err := nodeValueDepth(n.Content[i+1], depth+1)
+			v, err := nodeValueDepth(n.Content[i+1], depth+1, budget)
 			if err != nil {
 				return nil, err
 			}

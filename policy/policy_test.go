@@ -643,3 +643,13 @@ func TestGlob(t *testing.T) {
 		require.Equal(t, c.ok, globMatch(c.p, c.s), "%q %q", c.p, c.s)
 	}
 }
+
+func TestAliasBomb(t *testing.T) {
+	src := "a: &a [x, x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\nc: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\ne: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n" +
+		"policies:\n  - name: r\n    action: auto_approve\n    scopeTemplate: {bomb: *e}\n"
+	start := time.Now()
+	_, err := Compile(Settings{}, []File{{Path: "bomb.yaml", Data: []byte(src)}}, nil)
+	require.Error(t, err)
+	require.ErrorContains(t, err, "too large")
+	require.Less(t, time.Since(start), 2*time.Second)
+}

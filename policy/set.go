@@ -215,7 +215,7 @@ type activation struct {
 	in     *agentotp.EvalInput
 	set    *Set
 	ctx    context.Context
-	req    *reqObj
+	req    ref.Val
 	now    ref.Val
 	local  *localObj
 	tool   *toolObj
@@ -232,12 +232,20 @@ func jsonVal(m map[string]any) ref.Val {
 	return types.DefaultTypeAdapter.NativeToValue(m)
 }
 
+// reqAlloc allocates a request's objects together.
+type reqAlloc struct {
+	req   reqObj
+	agent agentObj
+}
+
 func newRequest(in *agentotp.EvalInput) *reqObj {
-	r := &reqObj{action: in.Action, resource: in.Resource, scope: jsonVal(in.Scope), context: jsonVal(in.Context), agent: &agentObj{metadata: emptyMap}}
+	a := &reqAlloc{}
+	a.req = reqObj{action: in.Action, resource: in.Resource, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
 	if in.Agent != nil {
-		r.agent = &agentObj{id: string(in.Agent.ID), name: in.Agent.Name, metadata: jsonVal(in.Agent.Metadata)}
+		a.agent = agentObj{id: string(in.Agent.ID), name: in.Agent.Name, metadata: lazyMap{raw: in.Agent.Metadata}}
 	}
-	return r
+	a.req.agent = objVal[agentObj]{&a.agent, agentType}
+	return &a.req
 }
 
 func newLocal(now time.Time, loc *time.Location) *localObj {
@@ -256,9 +264,9 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	switch name {
 	case "request":
 		if a.req == nil {
-			a.req = newRequest(a.in)
+			a.req = objVal[reqObj]{newRequest(a.in), requestType}
 		}
-		return objVal[reqObj]{a.req, requestType}, true
+		return a.req, true
 	case "now":
 		if a.now == nil {
 			a.now = types.Timestamp{Time: a.in.Now}
@@ -271,9 +279,9 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		return objVal[localObj]{a.local, localType}, true
 	case "tool":
 		if a.tool == nil {
-			a.tool = &toolObj{annotations: emptyMap}
+			a.tool = &toolObj{}
 			if t := a.in.Tool; t != nil {
-				a.tool = &toolObj{server: t.Server, name: t.Name, annotations: jsonVal(t.Annotations)}
+				a.tool = &toolObj{server: t.Server, name: t.Name, annotations: lazyMap{raw: t.Annotations}}
 			}
 		}
 		return objVal[toolObj]{a.tool, toolType}, true
