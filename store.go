@@ -42,6 +42,10 @@ type Store interface {
 	Approvals(ctx context.Context, id PermissionID) ([]Approval, error)
 
 	AuditEvents(ctx context.Context, f AuditFilter) ([]*AuditEvent, error)
+	// AuditHead returns the newest event's seq and hash as recorded at
+	// commit (0 and GenesisHash when empty), so verification notices
+	// events deleted from the end of the chain.
+	AuditHead(ctx context.Context) (seq int64, hash string, err error)
 	// ScanAudit calls fn for every event in ascending sequence order.
 	ScanAudit(ctx context.Context, fn func(*AuditEvent) error) error
 	AuditStats(ctx context.Context, since time.Time) (AuditStats, error)

@@ -226,6 +226,8 @@ func TestAuditVerifyNamesTamperedRow(t *testing.T) {
 	}{
 		{"edit", []string{`UPDATE audit_events SET details_json = '{"name":"mallory"}' WHERE seq = 3`}, 3},
 		{"delete", []string{`DELETE FROM audit_events WHERE seq = 4`}, 4},
+		{"delete the last", []string{`DELETE FROM audit_events WHERE seq = 5`}, 5},
+		{"delete all", []string{`DELETE FROM audit_events`}, 1},
 		{"swap", []string{
 			`UPDATE audit_events SET seq = -1 WHERE seq = 2`, `UPDATE audit_events SET seq = 2 WHERE seq = 3`,
 			`UPDATE audit_events SET seq = 3 WHERE seq = -1`}, 2},

@@ -34,17 +34,19 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	if !representable(e.Time) {
 		return agentotp.ValidationError("time", "must be between the years 1678 and 2262")
 	}
-	var (
-		lastSeq  int64
-		lastHash string
-	)
-	err := t.stmt(ctx, t.s.lastAudit).QueryRowContext(ctx).Scan(&lastSeq, &lastHash)
-	switch {
-	case errors.Is(err, sql.ErrNoRows):
-		lastSeq, lastHash = 0, agentotp.GenesisHash
-	case err != nil:
-		return storeErr("read audit head", err)
+	h := t.head
+	if !h.known {
+		err := t.stmt(ctx, t.s.lastAudit).QueryRowContext(ctx).Scan(&h.seq, &h.hash)
+		switch {
+		case errors.Is(err, sql.ErrNoRows):
+			h.seq, h.hash = 0, agentotp.GenesisHash
+		case err != nil:
+			return storeErr("read audit head", err)
+		}
+		h.known = true
 	}
+	lastSeq, lastHash := h.seq, h.hash
+	var err error
 	if e.ID == "" {
 		e.ID = agentotp.NewEventID()
 	}
@@ -58,7 +60,27 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	_, err = t.stmt(ctx, t.s.insertAudit).ExecContext(ctx, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
 		e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
 		string(e.DetailsJSON), e.PrevHash, e.Hash)
-	return storeErr("append audit event", err, failure{conflict: "audit event id already used"})
+	if err != nil {
+		return storeErr("append audit event", err, failure{conflict: "audit event id already used"})
+	}
+	h.seq, h.hash, h.moved = e.Seq, e.Hash, true
+	return nil
+}
+
+const writeHeadSQL = `INSERT INTO audit_head (id, seq, hash) VALUES (1, ?, ?)
+	ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash`
+
+// AuditHead returns the newest link as recorded by the last commit.
+func (s *Store) AuditHead(ctx context.Context) (int64, string, error) {
+	var (
+		seq  int64
+		hash string
+	)
+	err := s.reader.QueryRowContext(ctx, `SELECT seq, hash FROM audit_head WHERE id = 1`).Scan(&seq, &hash)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, agentotp.GenesisHash, nil
+	}
+	return seq, hash, storeErr("read audit head", err)
 }
 
 func scanAudit(sc scanner) (*agentotp.AuditEvent, error) {

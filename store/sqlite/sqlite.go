@@ -298,6 +298,7 @@ func (s *Store) runBatch(batch []*job) {
 	}
 	single := len(batch) == 1
 	ok := 0
+	head := &auditHead{}
 	for i, j := range batch {
 		if err := j.ctx.Err(); err != nil {
 			results[i].err = err
@@ -309,7 +310,8 @@ func (s *Store) runBatch(batch []*job) {
 				return
 			}
 		}
-		results[i] = runJob(j, &tx{s: s, tx: sqlTx})
+		before := *head
+		results[i] = runJob(j, &tx{s: s, tx: sqlTx, head: head})
 		if results[i].err == nil && !results[i].panicked {
 			ok++
 			if !single {
@@ -324,6 +326,7 @@ func (s *Store) runBatch(batch []*job) {
 			_ = sqlTx.Rollback()
 			return
 		}
+		*head = before // the job's appends are rolled back with it
 		if _, err := sqlTx.Exec("ROLLBACK TO job"); err != nil {
 			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
 			return
@@ -336,6 +339,12 @@ func (s *Store) runBatch(batch []*job) {
 	if ok == 0 {
 		_ = sqlTx.Rollback()
 		return
+	}
+	if head.moved {
+		if _, err := sqlTx.Exec(writeHeadSQL, head.seq, head.hash); err != nil {
+			s.abort(sqlTx, results, storeErr("write audit head", err))
+			return
+		}
 	}
 	if err := sqlTx.Commit(); err != nil {
 		s.abort(nil, results, storeErr("commit", err))

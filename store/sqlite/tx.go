@@ -11,8 +11,18 @@ var _ agentotp.Tx = (*tx)(nil)
 
 // tx is one write transaction of Update. Its reads see its own writes.
 type tx struct {
-	s  *Store
-	tx *sql.Tx
+	s    *Store
+	tx   *sql.Tx
+	head *auditHead // shared by the jobs of one batch
+}
+
+// auditHead caches the chain's newest link for the rest of a batch: the
+// batch holds the write lock, so only its own appends can move it.
+type auditHead struct {
+	known bool
+	seq   int64
+	hash  string
+	moved bool // appended in this batch: write audit_head before commit
 }
 
 // stmt binds a statement prepared on the writer to this transaction; as

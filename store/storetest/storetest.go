@@ -999,6 +999,10 @@ func checkNothingLeft(t *testing.T, s agentotp.Store, keeper, agent *agentotp.Ag
 
 func testAuditChain(t *testing.T, s agentotp.Store) {
 	ctx := context.Background()
+	seq, hash, err := s.AuditHead(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(0), seq, "an empty chain's head is the genesis")
+	require.Equal(t, agentotp.GenesisHash, hash)
 	const batches, per = 12, 100
 	for b := range batches {
 		events := make([]*agentotp.AuditEvent, per)
@@ -1013,7 +1017,7 @@ func testAuditChain(t *testing.T, s agentotp.Store) {
 	// ScanAudit stops at fn's error and returns it.
 	stop := errors.New("stop")
 	n := 0
-	err := s.ScanAudit(ctx, func(e *agentotp.AuditEvent) error {
+	err = s.ScanAudit(ctx, func(e *agentotp.AuditEvent) error {
 		n++
 		require.Equal(t, int64(n), e.Seq)
 		if n == 10 {
@@ -1370,4 +1374,10 @@ func testConcurrentUpdatesIsolated(t *testing.T, s agentotp.Store) {
 	}
 	require.Equal(t, n/3, total)
 	require.Equal(t, int64(n/3), verifyChain(t, s))
+	seq, hash, err := s.AuditHead(ctx)
+	require.NoError(t, err)
+	require.Equal(t, int64(n/3), seq, "the head follows committed appends only")
+	last, err := s.AuditEvents(ctx, agentotp.AuditFilter{Limit: 1})
+	require.NoError(t, err)
+	require.Equal(t, last[0].Hash, hash)
 }

@@ -141,6 +141,14 @@ CREATE TABLE audit_events (
 	hash          TEXT NOT NULL
 ) STRICT;
 
+-- The newest event's seq and hash, written with every commit that appends:
+-- deleting the last rows of the chain leaves the head pointing past them.
+CREATE TABLE audit_head (
+	id   INTEGER PRIMARY KEY CHECK (id = 1),
+	seq  INTEGER NOT NULL,
+	hash TEXT NOT NULL
+) STRICT;
+
 CREATE INDEX audit_events_agent ON audit_events (agent_id, seq);
 CREATE INDEX audit_events_permission ON audit_events (permission_id, seq);
 CREATE INDEX audit_events_type ON audit_events (type, seq);
