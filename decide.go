@@ -61,9 +61,9 @@ func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in D
 				return err
 			}
 		}
-		decider := "user:" + string(p.User.ID)
-		if p.System {
-			decider = "system"
+		decider := "system"
+		if p.User != nil {
+			decider = "user:" + string(p.User.ID)
 		}
 		cur.DecidedBy, cur.DecidedAt, cur.UpdatedAt = decider, now, now
 		details := map[string]any{"decidedBy": "user", "reason": in.Reason}

@@ -496,3 +496,24 @@ func TestDisabledAgentAndWrongKeys(t *testing.T) {
 	_, _, err = f.svc.CreateAgent(f.ctx, p, agentotp.AgentInput{Name: "b"})
 	require.ErrorIs(t, err, agentotp.ErrForbidden)
 }
+
+func TestSystemDecidesAndSessionCollectsToken(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	sess := f.svc.AgentSession(a)
+	req := agentotp.PermissionRequest{Action: "x", IdempotencyKey: "retry-me"}
+	perm, tok, err := sess.Authorize(f.ctx, req, 0)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, perm.Status)
+	require.Empty(t, tok.Reveal())
+	got, err := f.svc.Decide(f.ctx, agentotp.SystemPrincipal, perm.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	require.Equal(t, "system", got.DecidedBy)
+	// A retry with the same key finds the approval and collects the token.
+	again, tok, err := sess.Authorize(f.ctx, req, 0)
+	require.NoError(t, err)
+	require.Equal(t, perm.ID, again.ID)
+	require.True(t, agentotp.ValidTokenFormat(tok.Reveal()))
+	require.NoError(t, sess.Spend(f.ctx, perm.ID, tok, nil))
+	require.ErrorIs(t, sess.Spend(f.ctx, perm.ID, tok, nil), agentotp.ErrConflict)
+}

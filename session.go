@@ -22,8 +22,15 @@ func (s *Service) AgentSession(p Principal) *AgentSession { return &AgentSession
 // an error only when asking itself failed.
 func (a *AgentSession) Authorize(ctx context.Context, req PermissionRequest, wait time.Duration) (*Permission, Secret, error) {
 	perm, tok, err := a.svc.RequestPermission(ctx, a.p, req)
-	if err != nil || perm.Status != StatusPending || wait <= 0 {
-		return perm, tok, err
+	switch {
+	case err != nil:
+		return nil, "", err
+	case perm.TokenPending():
+		// A retry found a human approval whose token was never collected:
+		// collect it now.
+		return a.svc.GetPermission(ctx, a.p, perm.ID, 0)
+	case perm.Status != StatusPending || wait <= 0:
+		return perm, tok, nil
 	}
 	return a.svc.GetPermission(ctx, a.p, perm.ID, wait)
 }
