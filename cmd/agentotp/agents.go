@@ -19,7 +19,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	c := newAdminCmd("agents "+sub, stderr)
 	desc := c.fs.String("description", "", "description (create)")
 	pos, rest := positional(args)
-	a, p, code := c.open(ctx, rest, stderr)
+	a, code := c.open(ctx, rest, stderr)
 	if code != 0 {
 		return code
 	}
@@ -36,13 +36,13 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, err := a.svc.CreateAgent(ctx, p, agentotp.AgentInput{Name: pos[0], Description: *desc})
+		ag, key, err := a.CreateAgent(ctx, agentotp.AgentInput{Name: pos[0], Description: *desc})
 		if err != nil {
 			return fail(stderr, "agents create", err)
 		}
 		fmt.Fprintf(stdout, "agent %s (%s) created\napi key (shown once): %s\n", ag.Name, ag.ID, key.Reveal())
 	case "list":
-		list, _, err := a.svc.ListAgents(ctx, p, agentotp.Page{Limit: 100})
+		list, err := a.ListAgents(ctx)
 		if err != nil {
 			return fail(stderr, "agents list", err)
 		}
@@ -56,7 +56,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, err := a.svc.RotateAgentKey(ctx, p, agentotp.AgentID(pos[0]))
+		ag, key, err := a.RotateAgentKey(ctx, pos[0])
 		if err != nil {
 			return fail(stderr, "agents rotate", err)
 		}
@@ -65,8 +65,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		active := sub == "enable"
-		ag, err := a.svc.UpdateAgent(ctx, p, agentotp.AgentID(pos[0]), agentotp.AgentPatch{Active: &active})
+		ag, err := a.SetAgentActive(ctx, pos[0], sub == "enable")
 		if err != nil {
 			return fail(stderr, "agents "+sub, err)
 		}
@@ -75,7 +74,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		if err := a.svc.DeleteAgent(ctx, p, agentotp.AgentID(pos[0])); err != nil {
+		if err := a.DeleteAgent(ctx, pos[0]); err != nil {
 			return fail(stderr, "agents delete", err)
 		}
 		fmt.Fprintf(stdout, "agent %s deleted (its history is kept)\n", pos[0])
@@ -96,7 +95,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	role := c.fs.String("role", "approver", "role: approver or admin (create)")
 	tg := c.fs.Int64("telegram-id", 0, "Telegram user id allowed to press Approve (create)")
 	pos, rest := positional(args)
-	a, p, code := c.open(ctx, rest, stderr)
+	a, code := c.open(ctx, rest, stderr)
 	if code != 0 {
 		return code
 	}
@@ -107,13 +106,13 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintln(stderr, "agentotp users create: expected NAME")
 			return 2
 		}
-		u, key, err := a.svc.CreateUser(ctx, p, agentotp.UserInput{Name: pos[0], Role: agentotp.Role(*role), TelegramID: *tg})
+		u, key, err := a.CreateUser(ctx, agentotp.UserInput{Name: pos[0], Role: agentotp.Role(*role), TelegramID: *tg})
 		if err != nil {
 			return fail(stderr, "users create", err)
 		}
 		fmt.Fprintf(stdout, "user %s (%s, %s) created\nuser key (shown once): %s\n", u.Name, u.ID, u.Role, key.Reveal())
 	case "list":
-		list, _, err := a.svc.ListUsers(ctx, p, agentotp.Page{Limit: 100})
+		list, err := a.ListUsers(ctx)
 		if err != nil {
 			return fail(stderr, "users list", err)
 		}
@@ -132,7 +131,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintln(stderr, "agentotp users rotate: expected ID")
 			return 2
 		}
-		u, key, err := a.svc.RotateUserKey(ctx, p, agentotp.UserID(pos[0]))
+		u, key, err := a.RotateUserKey(ctx, pos[0])
 		if err != nil {
 			return fail(stderr, "users rotate", err)
 		}
@@ -142,7 +141,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintln(stderr, "agentotp users delete: expected ID")
 			return 2
 		}
-		if err := a.svc.DeleteUser(ctx, p, agentotp.UserID(pos[0])); err != nil {
+		if err := a.DeleteUser(ctx, pos[0]); err != nil {
 			return fail(stderr, "users delete", err)
 		}
 		fmt.Fprintf(stdout, "user %s deleted\n", pos[0])

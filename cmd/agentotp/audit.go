@@ -2,13 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"time"
 
 	"github.com/agentotp/agentotp"
-	"github.com/agentotp/agentotp/httpapi"
 )
 
 func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -21,29 +19,29 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	follow := c.fs.Bool("follow", false, "keep printing new events (list)")
 	limit := c.fs.Int("limit", 50, "events to show (list)")
 	format := c.fs.String("format", "jsonl", "export format (jsonl)")
-	a, p, code := c.open(ctx, args, stderr)
+	a, code := c.open(ctx, args, stderr)
 	if code != 0 {
 		return code
 	}
 	defer a.Close()
-	enc := json.NewEncoder(stdout)
 	switch sub {
 	case "list":
-		events, err := a.svc.ListAudit(ctx, p, agentotp.AuditFilter{Limit: *limit})
+		events, err := a.RecentAudit(ctx, 0, *limit)
 		if err != nil {
 			return fail(stderr, "audit list", err)
 		}
 		var last int64
-		for i := len(events) - 1; i >= 0; i-- {
-			printEvent(stdout, events[i])
-			last = max(last, events[i].Seq)
+		for _, e := range events {
+			printEvent(stdout, e)
+			last = max(last, e.Seq)
 		}
 		for *follow && ctx.Err() == nil {
 			select {
 			case <-ctx.Done():
+				continue
 			case <-time.After(500 * time.Millisecond):
 			}
-			events, err := a.svc.ListAudit(ctx, p, agentotp.AuditFilter{AfterSeq: last, Ascending: true, Limit: 1000})
+			events, err := a.RecentAudit(ctx, last, 1000)
 			if err != nil {
 				if ctx.Err() != nil {
 					break
@@ -56,7 +54,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			}
 		}
 	case "verify":
-		rep, err := a.svc.VerifyAudit(ctx, p)
+		rep, err := a.VerifyAudit(ctx)
 		if err != nil {
 			return fail(stderr, "audit verify", err)
 		}
@@ -70,7 +68,7 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 			fmt.Fprintln(stderr, "agentotp audit export: --format must be jsonl")
 			return 2
 		}
-		if err := a.svc.ScanAudit(ctx, p, func(e *agentotp.AuditEvent) error { return enc.Encode(httpapi.AuditView(e)) }); err != nil {
+		if err := a.ExportAudit(ctx, stdout); err != nil {
 			return fail(stderr, "audit export", err)
 		}
 	default:

@@ -12,12 +12,12 @@ import (
 
 func runPending(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c := newAdminCmd("pending", stderr)
-	a, p, code := c.open(ctx, args, stderr)
+	a, code := c.open(ctx, args, stderr)
 	if code != 0 {
 		return code
 	}
 	defer a.Close()
-	list, _, err := a.svc.ListPermissions(ctx, p, agentotp.PermissionFilter{Status: agentotp.StatusPending, Page: agentotp.Page{Limit: 100}})
+	list, err := a.Pending(ctx)
 	if err != nil {
 		return fail(stderr, "pending", err)
 	}
@@ -52,7 +52,7 @@ func runDecide(ctx context.Context, approve bool, args []string, stdout, stderr 
 		fmt.Fprintf(stderr, "usage: agentotp %s ID [--reason R]\n", name)
 		return 2
 	}
-	a, p, code := c.open(ctx, rest, stderr)
+	a, code := c.open(ctx, rest, stderr)
 	if code != 0 {
 		return code
 	}
@@ -64,7 +64,7 @@ func runDecide(ctx context.Context, approve bool, args []string, stdout, stderr 
 			return 2
 		}
 	}
-	perm, err := a.svc.Decide(ctx, p, agentotp.PermissionID(pos[0]), in)
+	perm, err := a.Decide(ctx, pos[0], in)
 	if err != nil {
 		return fail(stderr, name, err)
 	}

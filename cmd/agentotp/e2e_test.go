@@ -285,3 +285,59 @@ func TestConfigPrecedence(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errs, "telegram-mode")
 }
+
+// TestRemoteAdmin drives the admin commands against a running server with
+// --url and AGENTOTP_ADMIN_KEY, as an operator on another machine would.
+func TestRemoteAdmin(t *testing.T) {
+	withEnv(t, nil)
+	dir := filepath.Join(t.TempDir(), "data")
+	url, admin, _ := startServer(t, "--data", dir)
+	withEnv(t, map[string]string{"AGENTOTP_ADMIN_KEY": admin, "AGENTOTP_URL": url})
+
+	code, out, errs := run(t, "agents", "create", "remote-bot", "--description", "made over HTTP")
+	require.Equal(t, 0, code, errs)
+	agentKey := regexp.MustCompile(`ak_\S+`).FindString(out)
+	require.NotEmpty(t, agentKey)
+	code, out, _ = run(t, "agents", "list")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "remote-bot")
+
+	code, out, errs = run(t, "users", "create", "alice", "--role", "approver", "--telegram-id", "777")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "uk_")
+	code, out, _ = run(t, "users", "list")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "alice")
+	require.Contains(t, out, "777")
+
+	status, p := call(t, "POST", url+"/api/v1/permissions/request", agentKey, map[string]any{"action": "deploy.prod"})
+	require.Equal(t, http.StatusAccepted, status)
+	id := p["id"].(string)
+	code, out, _ = run(t, "pending")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, id)
+	code, out, errs = run(t, "deny", id, "--reason", "not today")
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "denied")
+	code, _, errs = run(t, "approve", id)
+	require.Equal(t, 1, code, "a second decision conflicts")
+	require.Contains(t, errs, "already denied")
+
+	code, out, _ = run(t, "audit", "list", "--limit", "3")
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "decide_rejected")
+	require.Equal(t, 3, strings.Count(strings.TrimSpace(out), "\n")+1)
+	code, out, _ = run(t, "audit", "verify")
+	require.Equal(t, 0, code, out)
+	require.Contains(t, out, "audit chain OK")
+	code, out, _ = run(t, "audit", "export")
+	require.Equal(t, 0, code)
+	require.NotContains(t, out, agentKey)
+	require.NotContains(t, out, admin)
+	require.Contains(t, out, `"eventType":"deny"`)
+
+	withEnv(t, map[string]string{"AGENTOTP_URL": url})
+	code, _, errs = run(t, "agents", "list")
+	require.Equal(t, 2, code)
+	require.Contains(t, errs, "AGENTOTP_ADMIN_KEY")
+}

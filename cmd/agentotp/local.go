@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 
 	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/clients/otpclient"
 )
 
 // adminCmd is a parsed admin subcommand working directly on the data
@@ -22,25 +24,29 @@ func newAdminCmd(name string, stderr io.Writer) *adminCmd {
 	return &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format")}
 }
 
-// open parses args and returns the app and the admin principal. The admin
-// key comes from AGENTOTP_ADMIN_KEY or <data>/admin.key.
-func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (*app, agentotp.Principal, int) {
+// open parses args and returns the admin backend: the server at --url
+// (AGENTOTP_URL) with AGENTOTP_ADMIN_KEY, or else the data directory, with
+// the key from AGENTOTP_ADMIN_KEY or <data>/admin.key.
+func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (admin, int) {
 	if err := c.fs.Parse(args); err != nil {
-		return nil, agentotp.Principal{}, 2
+		return nil, 2
 	}
 	cfg, err := c.load(env)
 	if err != nil {
 		fmt.Fprintln(stderr, "agentotp:", err)
-		return nil, agentotp.Principal{}, 2
+		return nil, 2
 	}
 	if cfg.URL != "" {
-		fmt.Fprintln(stderr, "agentotp: remote admin (--url) is not available yet; use --data on the server's machine")
-		return nil, agentotp.Principal{}, 2
+		if cfg.AdminKey == "" {
+			fmt.Fprintln(stderr, "agentotp: --url needs AGENTOTP_ADMIN_KEY (a uk_ key of an admin or approver)")
+			return nil, 2
+		}
+		return &remoteAdmin{c: otpclient.NewAdmin(cfg.URL, cfg.AdminKey.Reveal(), otpclient.WithUserAgent("agentotp-cli/"+version))}, 0
 	}
 	a, err := openApp(ctx, cfg, newLogger(Config{LogLevel: "warn", LogFormat: cfg.LogFormat}, stderr), "")
 	if err != nil {
 		fmt.Fprintln(stderr, "agentotp:", err)
-		return nil, agentotp.Principal{}, 1
+		return nil, 1
 	}
 	key, fresh, err := adminKey(cfg)
 	if err == nil {
@@ -49,7 +55,7 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (*
 	if err != nil {
 		a.Close()
 		fmt.Fprintln(stderr, "agentotp: admin key:", err)
-		return nil, agentotp.Principal{}, 1
+		return nil, 1
 	}
 	if fresh {
 		fmt.Fprintf(stderr, "a new admin key was saved to %s/admin.key\n", cfg.Data)
@@ -58,9 +64,9 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (*
 	if err != nil {
 		a.Close()
 		fmt.Fprintln(stderr, "agentotp: admin key:", err)
-		return nil, agentotp.Principal{}, 1
+		return nil, 1
 	}
-	return a, p, 0
+	return &localAdmin{app: a, p: p}, 0
 }
 
 // fail prints err for a command and returns its exit code.
@@ -73,7 +79,8 @@ func fail(stderr io.Writer, cmd string, err error) int {
 }
 
 func safeMessage(err error) string {
-	if e, ok := err.(*agentotp.Error); ok && e.Message != "" {
+	var e *agentotp.Error
+	if errors.As(err, &e) && e.Message != "" {
 		return e.Message
 	}
 	return err.Error()
