@@ -341,3 +341,39 @@ func TestRemoteAdmin(t *testing.T) {
 	require.Equal(t, 2, code)
 	require.Contains(t, errs, "AGENTOTP_ADMIN_KEY")
 }
+
+// TestServePolicyReload: `serve --policies` decides by the file, picks up
+// edits, and keeps the last good rules (auditing the rejection) when an
+// edit does not compile.
+func TestServePolicyReload(t *testing.T) {
+	withEnv(t, nil)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "policies.yaml")
+	write := func(body string) { require.NoError(t, os.WriteFile(pol, []byte(body), 0o600)) }
+	write("- name: reads are fine\n  conditions:\n    action: {startsWith: read.}\n  action: auto_approve\n")
+	data := filepath.Join(dir, "data")
+	url, admin, _ := startServer(t, "--data", data, "--policies", pol)
+	code, out, _ := run(t, "agents", "create", "reader", "--data", data)
+	require.Equal(t, 0, code)
+	key := regexp.MustCompile(`ak_\S+`).FindString(out)
+
+	status, _ := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "read.file"})
+	require.Equal(t, http.StatusCreated, status)
+
+	auditTypes := func() string {
+		_, body := call(t, "GET", url+"/api/v1/audit/stats", admin, nil)
+		b, _ := json.Marshal(body["byEventType"])
+		return string(b)
+	}
+	write("- name: broken\n  conditions:\n    action: {startsWith: read.}\n  action: auto_approve\n  when: request.nope ==\n")
+	require.Eventually(t, func() bool { return strings.Contains(auditTypes(), "policy_error") }, 10*time.Second, 50*time.Millisecond)
+	status, _ = call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "read.file"})
+	require.Equal(t, http.StatusCreated, status, "the last good rules stay active")
+
+	write("- name: no more reads\n  conditions:\n    action: {startsWith: read.}\n  action: deny\n")
+	require.Eventually(t, func() bool {
+		status, body := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "read.file"})
+		return status == http.StatusOK && body["status"] == "denied"
+	}, 10*time.Second, 50*time.Millisecond)
+	require.Contains(t, auditTypes(), "policy_reload")
+}
