@@ -35,6 +35,9 @@ func BenchmarkRequestAndUse(b *testing.B) {
 			}
 			agent, _ := svc.Authenticate(ctx, key.Reveal())
 			req := agentotp.PermissionRequest{Action: "bench.cycle", Scope: map[string]any{"max_items": 1.0}}
+			// Many agents at once, as in production: the store batches
+			// their commits (16 goroutines per core).
+			b.SetParallelism(16)
 			b.ResetTimer()
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
