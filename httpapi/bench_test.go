@@ -47,6 +47,9 @@ func BenchmarkRequestAndUseHTTP(b *testing.B) {
 	}
 
 	b.ReportAllocs()
+	// Agents run concurrently; 16 clients per core lets the store batch
+	// their commits, as it does in production.
+	b.SetParallelism(16)
 	b.ResetTimer()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
