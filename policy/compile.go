@@ -321,8 +321,15 @@ var runtimeCostLimit uint64 = MaxCost
 var trackedCost uint64 = 10_000
 
 func program(env *cel.Env, a *cel.Ast) (cel.Program, error) {
+	return programCost(env, a, a)
+}
+
+// programCost builds the program of a; whether it tracks its cost at run
+// time depends on the estimate of costAst (a rule's when: with its
+// conditions).
+func programCost(env *cel.Env, a, costAst *cel.Ast) (cel.Program, error) {
 	opts := []cel.ProgramOption{cel.EvalOptions(cel.OptOptimize)}
-	est, err := env.EstimateCost(a, sizeEstimator{})
+	est, err := env.EstimateCost(costAst, sizeEstimator{})
 	if err != nil || est.Max > trackedCost || runtimeCostLimit < trackedCost {
 		opts = append(opts, cel.CostLimit(runtimeCostLimit))
 	}
@@ -430,6 +437,12 @@ func compileRule(s *ruleSpec) (*rule, ErrorList) {
 			continue
 		}
 		condParts = append(condParts, e)
+		m, err := compileMatcher(c)
+		if err != nil {
+			at(c.pos, "internal error compiling condition %q: %v", c.path, err)
+			continue
+		}
+		r.conds = append(r.conds, m)
 	}
 	r.conditionsCEL = strings.Join(condParts, " && ")
 
@@ -459,13 +472,10 @@ func compileRule(s *ruleSpec) (*rule, ErrorList) {
 		return nil, errs
 	}
 
-	var full *cel.Ast
-	switch {
-	case r.conditionsCEL == "" && whenAst == nil:
-		return r, nil // matches every request for its agent
-	case r.conditionsCEL == "":
-		full = whenAst
-	default:
+	costAst := whenAst
+	if r.conditionsCEL != "" {
+		// The conditions run in Go (fastpath.go); their CEL form is still
+		// compiled and cost-checked with the `when`, as one expression.
 		src := r.conditionsCEL
 		if s.when != "" {
 			src += " && (\n" + s.when + "\n)"
@@ -479,9 +489,12 @@ func compileRule(s *ruleSpec) (*rule, ErrorList) {
 			at(s.pos, "%v", err)
 			return nil, errs
 		}
-		full = a
+		costAst = a
 	}
-	prg, err := program(env, full)
+	if whenAst == nil {
+		return r, nil // conditions only, or matches every request for its agent
+	}
+	prg, err := programCost(env, whenAst, costAst)
 	if err != nil {
 		p := s.whenPos
 		if p.line == 0 {

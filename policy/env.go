@@ -39,19 +39,34 @@ var (
 // reqObj is `request`: server-derived agent attributes plus the agent's
 // asserted action, resource, scope and context.
 type reqObj struct {
-	action, resource string
+	action, resource lazyStr
 	scope, context   lazyMap
 	agent            ref.Val // objVal[agentObj]
+	agentPtr         *agentObj
 }
 
 type agentObj struct {
-	id, name string
+	id, name lazyStr
 	metadata lazyMap
 }
 
 type toolObj struct {
-	server, name string
+	server, name lazyStr
 	annotations  lazyMap
+}
+
+// lazyStr boxes a string field as a CEL value once, at its first use
+// (not at every field access).
+type lazyStr struct {
+	s   string
+	val ref.Val
+}
+
+func (l *lazyStr) get() ref.Val {
+	if l.val == nil {
+		l.val = types.String(l.s)
+	}
+	return l.val
 }
 
 // lazyMap converts a JSON object to CEL at its first use only.
@@ -106,20 +121,20 @@ type field struct {
 
 var objectFields = map[string]map[string]field{
 	"agentotp.Request": {
-		"action":   {types.StringType, func(o any) any { return o.(*reqObj).action }},
-		"resource": {types.StringType, func(o any) any { return o.(*reqObj).resource }},
+		"action":   {types.StringType, func(o any) any { return o.(*reqObj).action.get() }},
+		"resource": {types.StringType, func(o any) any { return o.(*reqObj).resource.get() }},
 		"scope":    {jsonMapType, func(o any) any { return o.(*reqObj).scope.get() }},
 		"context":  {jsonMapType, func(o any) any { return o.(*reqObj).context.get() }},
 		"agent":    {agentType, func(o any) any { return o.(*reqObj).agent }},
 	},
 	"agentotp.Agent": {
-		"id":       {types.StringType, func(o any) any { return o.(*agentObj).id }},
-		"name":     {types.StringType, func(o any) any { return o.(*agentObj).name }},
+		"id":       {types.StringType, func(o any) any { return o.(*agentObj).id.get() }},
+		"name":     {types.StringType, func(o any) any { return o.(*agentObj).name.get() }},
 		"metadata": {jsonMapType, func(o any) any { return o.(*agentObj).metadata.get() }},
 	},
 	"agentotp.Tool": {
-		"server":      {types.StringType, func(o any) any { return o.(*toolObj).server }},
-		"name":        {types.StringType, func(o any) any { return o.(*toolObj).name }},
+		"server":      {types.StringType, func(o any) any { return o.(*toolObj).server.get() }},
+		"name":        {types.StringType, func(o any) any { return o.(*toolObj).name.get() }},
 		"annotations": {jsonMapType, func(o any) any { return o.(*toolObj).annotations.get() }},
 	},
 	"agentotp.Local": {

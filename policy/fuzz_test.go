@@ -49,6 +49,7 @@ func FuzzLoad(f *testing.F) {
 			{Action: "a", Now: t0},
 			{Action: "file.read", Resource: "x:y", Scope: map[string]any{"x": 1.0, "a": "b"}, Context: map[string]any{"recipient": "a@b"}, Agent: &agentotp.Agent{ID: "agt_1", Name: "n"}, Now: t0},
 		} {
+			requireSamePaths(t, set, in, "fuzz") // Go matchers == CEL conditions
 			d, err := set.Evaluate(context.Background(), in)
 			if err != nil && d.Effect != agentotp.EffectDeny {
 				t.Fatalf("evaluation error did not fail closed: %v", d)

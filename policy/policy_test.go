@@ -54,12 +54,33 @@ func TestTestdata(t *testing.T) {
 	require.Contains(t, out.String(), "testdata/readme/policy_test.yaml")
 }
 
+// operatorCase is one row of the operator table: a conditions mapping,
+// a request, and whether the rule matches.
+type operatorCase struct {
+	cond  string // YAML for the conditions mapping
+	in    agentotp.EvalInput
+	match bool
+}
+
 func TestOperators(t *testing.T) {
-	type tc struct {
-		cond  string // YAML for the conditions mapping
-		in    agentotp.EvalInput
-		match bool
+	for name, c := range operatorCases() {
+		t.Run(name, func(t *testing.T) {
+			s := compileYAML(t, "- name: r\n  conditions:\n    "+c.cond+"\n  action: auto_approve\n")
+			d, err := eval(t, s, c.in)
+			require.NoError(t, err)
+			if c.match {
+				require.Equal(t, agentotp.EffectAutoApprove, d.Effect)
+				require.Equal(t, "r", d.Rule)
+			} else {
+				require.Equal(t, agentotp.EffectRequireApproval, d.Effect)
+				require.Equal(t, "", d.Rule)
+			}
+		})
 	}
+}
+
+func operatorCases() map[string]operatorCase {
+	type tc = operatorCase
 	sc := func(m map[string]any) agentotp.EvalInput { return agentotp.EvalInput{Action: "a", Scope: m} }
 	cx := func(m map[string]any) agentotp.EvalInput { return agentotp.EvalInput{Action: "a", Context: m} }
 	cases := map[string]tc{
@@ -115,20 +136,7 @@ func TestOperators(t *testing.T) {
 		"dotted key is not addressable":     {`scope.a.b: {exists: true}`, sc(map[string]any{"a.b": 1}), false},
 		"unicode":                           {`scope.x: {equals: "héllo \"q\" \\ \n"}`, sc(map[string]any{"x": "héllo \"q\" \\ \n"}), true},
 	}
-	for name, c := range cases {
-		t.Run(name, func(t *testing.T) {
-			s := compileYAML(t, "- name: r\n  conditions:\n    "+c.cond+"\n  action: auto_approve\n")
-			d, err := eval(t, s, c.in)
-			require.NoError(t, err)
-			if c.match {
-				require.Equal(t, agentotp.EffectAutoApprove, d.Effect)
-				require.Equal(t, "r", d.Rule)
-			} else {
-				require.Equal(t, agentotp.EffectRequireApproval, d.Effect)
-				require.Equal(t, "", d.Rule)
-			}
-		})
-	}
+	return cases
 }
 
 func TestLoadErrors(t *testing.T) {

@@ -37,7 +37,8 @@ type rule struct {
 	uses              int
 	useWhen           string
 	conditionsCEL     string
-	prg               cel.Program // nil: matches every request (for its agent)
+	conds             []*condMatcher // the conditions (Go fast path of conditionsCEL)
+	prg               cel.Program    // the `when` expression; nil: none
 	key               actionKey
 
 	file     string // file path, or "api:<policy id>"
@@ -210,11 +211,13 @@ func (s *Set) candidates(action string, buf []int32) []int32 {
 	return buf
 }
 
-// activation feeds one request to CEL; values are built once, lazily.
+// activation feeds one request to CEL and to the condition matchers;
+// values are built once per decision, lazily.
 type activation struct {
 	in     *agentotp.EvalInput
 	set    *Set
 	ctx    context.Context
+	reqObj *reqObj
 	req    ref.Val
 	now    ref.Val
 	local  *localObj
@@ -240,13 +243,24 @@ type reqAlloc struct {
 
 func newRequest(in *agentotp.EvalInput) *reqObj {
 	a := &reqAlloc{}
-	a.req = reqObj{action: in.Action, resource: in.Resource, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
+	a.req = reqObj{action: lazyStr{s: in.Action}, resource: lazyStr{s: in.Resource}, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
 	if in.Agent != nil {
-		a.agent = agentObj{id: string(in.Agent.ID), name: in.Agent.Name, metadata: lazyMap{raw: in.Agent.Metadata}}
+		a.agent = agentObj{id: lazyStr{s: string(in.Agent.ID)}, name: lazyStr{s: in.Agent.Name}, metadata: lazyMap{raw: in.Agent.Metadata}}
 	}
+	a.req.agentPtr = &a.agent
 	a.req.agent = objVal[agentObj]{&a.agent, agentType}
 	return &a.req
 }
+
+// request is the request object, built at its first use.
+func (a *activation) request() *reqObj {
+	if a.reqObj == nil {
+		a.reqObj = newRequest(a.in)
+	}
+	return a.reqObj
+}
+
+func (r *reqObj) agentObj() *agentObj { return r.agentPtr }
 
 func newLocal(now time.Time, loc *time.Location) *localObj {
 	if loc == nil {
@@ -264,7 +278,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	switch name {
 	case "request":
 		if a.req == nil {
-			a.req = objVal[reqObj]{newRequest(a.in), requestType}
+			a.req = objVal[reqObj]{a.request(), requestType}
 		}
 		return a.req, true
 	case "now":
@@ -281,7 +295,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		if a.tool == nil {
 			a.tool = &toolObj{}
 			if t := a.in.Tool; t != nil {
-				a.tool = &toolObj{server: t.Server, name: t.Name, annotations: lazyMap{raw: t.Annotations}}
+				a.tool = &toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: lazyMap{raw: t.Annotations}}
 			}
 		}
 		return objVal[toolObj]{a.tool, toolType}, true
@@ -320,6 +334,9 @@ func (s *Set) Evaluate(ctx context.Context, in agentotp.EvalInput) (agentotp.Dec
 		if r.agent != "" && (in.Agent == nil || (r.agent != in.Agent.Name && r.agent != string(in.Agent.ID))) {
 			continue
 		}
+		if !r.matchConds(&act) {
+			continue
+		}
 		if r.prg != nil {
 			v, _, err := r.prg.Eval(&act)
 			if err != nil {
@@ -337,6 +354,16 @@ func (s *Set) Evaluate(ctx context.Context, in agentotp.EvalInput) (agentotp.Dec
 	}
 	eff := effectiveDefault(s.settings)
 	return agentotp.Decision{Effect: eff, PolicyVersion: s.version, Reason: defaultReason(eff)}, nil
+}
+
+// matchConds reports whether all of the rule's conditions hold.
+func (r *rule) matchConds(a *activation) bool {
+	for _, c := range r.conds {
+		if !c.match(a) {
+			return false
+		}
+	}
+	return true
 }
 
 func (s *Set) failClosed(r *rule, err error) (agentotp.Decision, error) {

@@ -1,0 +1,256 @@
+package policy
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/google/cel-go/cel"
+	"github.com/google/cel-go/common/types"
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+)
+
+var celCondsCache = map[string]cel.Program{} // tests are not parallel
+
+// celConds evaluates a rule's conditions the reference way: their CEL form
+// (conditionsCEL) as one program, as Evaluate did before the Go fast path.
+func celConds(t testing.TB, r *rule, in agentotp.EvalInput) bool {
+	t.Helper()
+	if r.conditionsCEL == "" {
+		return true
+	}
+	prg, ok := celCondsCache[r.conditionsCEL]
+	if !ok {
+		env, _, err := envs()
+		require.NoError(t, err)
+		a, iss := env.Compile(r.conditionsCEL)
+		require.NoError(t, iss.Err(), r.conditionsCEL)
+		prg, err = program(env, a)
+		require.NoError(t, err)
+		celCondsCache[r.conditionsCEL] = prg
+	}
+	act := &activation{in: &in, set: &Set{}, ctx: context.Background()}
+	v, _, err := prg.Eval(act)
+	require.NoError(t, err, r.conditionsCEL)
+	return v == types.True
+}
+
+func goConds(r *rule, in agentotp.EvalInput) bool {
+	act := &activation{in: &in, set: &Set{}, ctx: context.Background()}
+	return r.matchConds(act)
+}
+
+func requireSamePaths(t *testing.T, s *Set, in agentotp.EvalInput, what string) {
+	t.Helper()
+	for _, r := range s.rules {
+		want := celConds(t, r, in)
+		require.Equal(t, want, goConds(r, in), "%s: rule %q, conditions %s, request %+v", what, r.name, r.conditionsCEL, in)
+	}
+}
+
+// TestFastPathOperatorTable: the Go matchers agree with the CEL form on
+// every row of the operator table.
+func TestFastPathOperatorTable(t *testing.T) {
+	for name, c := range operatorCases() {
+		s := compileYAML(t, "- name: r\n  conditions:\n    "+c.cond+"\n  action: auto_approve\n")
+		in := c.in
+		if in.Agent == nil {
+			in.Agent = &agentotp.Agent{ID: "agt_test", Name: "tester"}
+		}
+		require.Len(t, s.rules, 1)
+		require.Equal(t, c.match, celConds(t, s.rules[0], in), name)
+		require.Equal(t, c.match, goConds(s.rules[0], in), name)
+	}
+}
+
+// TestFastPathTestdata: both paths agree on every rule of every testdata
+// policy, for every request of its suites.
+func TestFastPathTestdata(t *testing.T) {
+	var dirs []string
+	require.NoError(t, filepath.WalkDir("testdata", func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			dirs = append(dirs, p)
+		}
+		return err
+	}))
+	checked := 0
+	for _, dir := range dirs {
+		files, err := ReadFiles(dir)
+		if err != nil || len(files) == 0 {
+			continue
+		}
+		s, err := Compile(Settings{}, files, nil)
+		if err != nil {
+			continue // suites expecting a load error
+		}
+		tests, _ := filepath.Glob(filepath.Join(dir, "*_test.yaml"))
+		for _, tf := range tests {
+			suite, err := ParseCaseFile(tf)
+			if err != nil {
+				continue
+			}
+			for _, c := range suite.Cases {
+				in := caseInput(c)
+				requireSamePaths(t, s, in, tf+": "+c.Name)
+				checked++
+			}
+		}
+	}
+	require.Greater(t, checked, 100)
+}
+
+func caseInput(c Case) agentotp.EvalInput {
+	in := agentotp.EvalInput{
+		Action: c.Request.Action, Resource: c.Request.Resource, Scope: c.Request.Scope, Context: c.Request.Context, Now: t0,
+		Agent: &agentotp.Agent{ID: agentotp.AgentID(c.Request.Agent.ID), Name: c.Request.Agent.Name, Metadata: c.Request.Agent.Metadata},
+	}
+	if tl := c.Request.Tool; tl != nil {
+		in.Tool = &agentotp.ToolCall{Server: tl.Server, Name: tl.Name, Annotations: tl.Annotations, Args: tl.Args}
+	}
+	return in
+}
+
+// Random conditions over every root and operator, with operands and
+// inputs drawn from the values where the semantics are subtle (strings
+// that look like numbers, int vs double, null, bool, lists, objects,
+// missing keys, walks into non-objects).
+var (
+	fpPaths = []string{"action", "resource", "agentId", "agent.id", "agent.name", "tool.server", "tool.name",
+		"scope.x", "scope.x.y", "context.r", "context.m.p", "args.a", "agent.metadata.team", "tool.annotations.ro"}
+	fpOps     = []string{"equals", "notEquals", "lessThan", "greaterThan", "lessThanOrEqual", "greaterThanOrEqual", "startsWith", "endsWith", "contains", "matches", "in", "notIn", "exists"}
+	fpStrings = []string{"", "a", "ab", "b", "100", "1", "gmail.send", "gmail.", ".send", "^a", "b+", "a.b", "héllo", "x\n\"q\""}
+)
+
+func fpScalar(r *rand.Rand) any {
+	switch r.IntN(9) {
+	case 0:
+		return nil
+	case 1:
+		return r.IntN(2) == 0
+	case 2:
+		return int64(r.IntN(5) - 1)
+	case 3:
+		return []float64{0, 1, 1.5, 100, -1, 2}[r.IntN(6)]
+	case 4:
+		return 100
+	default:
+		return fpStrings[r.IntN(len(fpStrings))]
+	}
+}
+
+func fpValue(r *rand.Rand, depth int) any {
+	if depth < 2 {
+		switch r.IntN(8) {
+		case 0:
+			n := r.IntN(3)
+			l := make([]any, n)
+			for i := range l {
+				l[i] = fpValue(r, depth+1)
+			}
+			return l
+		case 1:
+			m := map[string]any{}
+			for _, k := range []string{"y", "p", "z"}[:r.IntN(3)] {
+				m[k] = fpValue(r, depth+1)
+			}
+			return m
+		}
+	}
+	return fpScalar(r)
+}
+
+func fpOperand(r *rand.Rand, op string) any {
+	switch op {
+	case "lessThan", "greaterThan", "lessThanOrEqual", "greaterThanOrEqual":
+		if r.IntN(2) == 0 {
+			return int64(r.IntN(5) - 1)
+		}
+		return []float64{0.5, 1.5, 100, -1}[r.IntN(4)]
+	case "startsWith", "endsWith", "contains", "matches":
+		return fpStrings[r.IntN(len(fpStrings))]
+	case "in", "notIn":
+		n := r.IntN(4)
+		l := make([]any, n)
+		for i := range l {
+			l[i] = fpValue(r, 1)
+		}
+		return l
+	case "exists":
+		return r.IntN(2) == 0
+	}
+	return fpValue(r, 0)
+}
+
+func fpObject(r *rand.Rand, keys ...string) map[string]any {
+	if r.IntN(5) == 0 {
+		return nil
+	}
+	m := map[string]any{}
+	for _, k := range keys {
+		if r.IntN(3) > 0 {
+			m[k] = fpValue(r, 0)
+		}
+	}
+	return m
+}
+
+func fpString(r *rand.Rand) string { return fpStrings[r.IntN(len(fpStrings))] }
+
+func fpInput(r *rand.Rand) agentotp.EvalInput {
+	in := agentotp.EvalInput{Action: fpString(r), Resource: fpString(r), Scope: fpObject(r, "x"), Context: fpObject(r, "r", "m"), Now: t0}
+	if r.IntN(4) > 0 {
+		in.Agent = &agentotp.Agent{ID: agentotp.AgentID(fpString(r)), Name: fpString(r), Metadata: fpObject(r, "team")}
+	}
+	if r.IntN(2) == 0 {
+		in.Tool = &agentotp.ToolCall{Server: fpString(r), Name: fpString(r), Annotations: fpObject(r, "ro"), Args: fpObject(r, "a")}
+	}
+	return in
+}
+
+// TestFastPathRandom compares the two paths on random conditions and
+// requests.
+func TestFastPathRandom(t *testing.T) {
+	r := rand.New(rand.NewPCG(1, 2))
+	rules, evals := 0, 0
+	for range 3000 {
+		var conds []condSpec
+		for _, p := range r.Perm(len(fpPaths))[:1+r.IntN(3)] {
+			c := condSpec{path: fpPaths[p]}
+			for _, o := range r.Perm(len(fpOps))[:1+r.IntN(2)] {
+				c.ops = append(c.ops, opSpec{op: fpOps[o], value: fpOperand(r, fpOps[o])})
+			}
+			conds = append(conds, c)
+		}
+		ru, errs := compileRule(&ruleSpec{name: "r", effect: agentotp.EffectAutoApprove, conds: conds, fieldPos: map[string]position{}})
+		if len(errs) > 0 {
+			continue // rejected at load (e.g. a number compared with a string field)
+		}
+		rules++
+		for range 20 {
+			in := fpInput(r)
+			want := celConds(t, ru, in)
+			require.Equal(t, want, goConds(ru, in), "conditions %s, request %s", ru.conditionsCEL, fpDump(in))
+			evals++
+		}
+	}
+	t.Logf("%d rules, %d evaluations", rules, evals)
+	require.Greater(t, rules, 1000)
+}
+
+func fpDump(in agentotp.EvalInput) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "action=%q resource=%q scope=%#v context=%#v", in.Action, in.Resource, in.Scope, in.Context)
+	if in.Agent != nil {
+		fmt.Fprintf(&b, " agent=%#v", *in.Agent)
+	}
+	if in.Tool != nil {
+		fmt.Fprintf(&b, " tool=%#v", *in.Tool)
+	}
+	return b.String()
+}
