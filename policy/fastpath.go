@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"regexp"
+	"regexp/syntax"
 	"strings"
 
 	"github.com/google/cel-go/common/types"
@@ -180,6 +181,18 @@ func compileMatcher(c condSpec) (*condMatcher, error) {
 			if om.fn == nil {
 				return nil, fmt.Errorf("unknown operator %q", o.op)
 			}
+			if o.op == "matches" {
+				// condFns' matches with the regexp looked up once, here.
+				str, _ := o.value.(string)
+				re, err := matchRegexp(str)
+				if err != nil {
+					return nil, err
+				}
+				om.fn = func(v ref.Val, found bool, _ ref.Val) bool {
+					s, ok := v.(types.String)
+					return found && ok && re.MatchString(string(s))
+				}
+			}
 			if om.lit, err = literalVal(o.value); err != nil {
 				return nil, err
 			}
@@ -196,7 +209,7 @@ func compileMatcher(c condSpec) (*condMatcher, error) {
 			om.kind = map[string]opKind{"equals": opEquals, "notEquals": opNotEquals, "startsWith": opStartsWith,
 				"endsWith": opEndsWith, "contains": opContains, "matches": opMatches}[o.op]
 			if o.op == "matches" {
-				if om.re, err = cachedRegexp(s); err != nil {
+				if om.re, err = matchRegexp(s); err != nil {
 					return nil, err
 				}
 			}
@@ -280,6 +293,49 @@ func (o *opMatcher) matchString(s string, defined bool) bool {
 		return defined == o.yes
 	}
 	return false
+}
+
+// matchRegexp compiles a `matches` pattern for match/no-match tests only.
+// A leading `.*` is dropped: it can match the empty string, so an
+// unanchored search for `.*X` succeeds exactly when one for `X` does, and
+// without it the regexp can use X's literal prefix instead of backtracking
+// from every position (the `'.*@mycompany\.com$'` form of the v0.1.1
+// examples). The shorter pattern is used only if it parses back to the
+// same syntax tree.
+func matchRegexp(p string) (*regexp.Regexp, error) {
+	re, err := cachedRegexp(p)
+	if err != nil {
+		return nil, err
+	}
+	tree, err := syntax.Parse(p, syntax.Perl)
+	if err != nil {
+		return re, nil
+	}
+	changed := false
+	for tree.Op == syntax.OpConcat && len(tree.Sub) > 1 && isAnyStar(tree.Sub[0]) {
+		tree.Sub = tree.Sub[1:]
+		changed = true
+		if len(tree.Sub) == 1 {
+			tree = tree.Sub[0]
+		}
+	}
+	if !changed {
+		return re, nil
+	}
+	src := tree.String()
+	back, err := syntax.Parse(src, syntax.Perl)
+	if err != nil || !back.Equal(tree) {
+		return re, nil
+	}
+	short, err := regexp.Compile(src)
+	if err != nil {
+		return re, nil
+	}
+	return short, nil
+}
+
+func isAnyStar(r *syntax.Regexp) bool {
+	return r.Op == syntax.OpStar && len(r.Sub) == 1 && (r.Sub[0].Op == syntax.OpAnyCharNotNL || r.Sub[0].Op == syntax.OpAnyChar)
 }
 
 // lookupKeys is lookup (operators.go) with the keys already CEL strings.

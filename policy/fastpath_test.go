@@ -116,6 +116,29 @@ func caseInput(c Case) agentotp.EvalInput {
 	return in
 }
 
+// TestMatchRegexp: dropping a leading .* never changes match/no-match.
+func TestMatchRegexp(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	alphabet := []string{"a", "b", "A", "B", "@", ".", "\n", " ", "é", "x"}
+	for _, p := range []string{`.*@corp1\.example$`, `.*`, `.*a|b`, `(?i).*abc`, `.*?x`, `(?s).*x.*`, `.*.*ab`, `^.*x`,
+		`.*(a)`, `.*\bb`, `(.*)x`, `.*[a-c]+$`, `.*^a`, `.*$`, `(?m).*^b$`, `.*\Ab`, `(?U).*a+`, `.*a.*b`, `(?s:.*)\n`} {
+		orig, err := cachedRegexp(p)
+		require.NoError(t, err)
+		short, err := matchRegexp(p)
+		require.NoError(t, err)
+		for range 2000 {
+			var b strings.Builder
+			for range r.IntN(8) {
+				b.WriteString(alphabet[r.IntN(len(alphabet))])
+			}
+			s := b.String()
+			require.Equal(t, orig.MatchString(s), short.MatchString(s), "pattern %q (as %q) on %q", p, short, s)
+		}
+	}
+	short, _ := matchRegexp(`.*@corp1\.example$`)
+	require.Equal(t, `(?-m:@corp1\.example$)`, short.String())
+}
+
 // Random conditions over every root and operator, with operands and
 // inputs drawn from the values where the semantics are subtle (strings
 // that look like numbers, int vs double, null, bool, lists, objects,
@@ -124,7 +147,8 @@ var (
 	fpPaths = []string{"action", "resource", "agentId", "agent.id", "agent.name", "tool.server", "tool.name",
 		"scope.x", "scope.x.y", "context.r", "context.m.p", "args.a", "agent.metadata.team", "tool.annotations.ro"}
 	fpOps     = []string{"equals", "notEquals", "lessThan", "greaterThan", "lessThanOrEqual", "greaterThanOrEqual", "startsWith", "endsWith", "contains", "matches", "in", "notIn", "exists"}
-	fpStrings = []string{"", "a", "ab", "b", "100", "1", "gmail.send", "gmail.", ".send", "^a", "b+", "a.b", "héllo", "x\n\"q\""}
+	fpStrings = []string{"", "a", "ab", "b", "100", "1", "gmail.send", "gmail.", ".send", "^a", "b+", "a.b", "héllo", "x\n\"q\"",
+		`.*b`, `.*@a\.b$`, `(?i).*B`, `.*?b$`, `(?s).*\n`, `.*(a|b)`}
 )
 
 func fpScalar(r *rand.Rand) any {

@@ -221,7 +221,9 @@ type activation struct {
 	req    ref.Val
 	now    ref.Val
 	local  *localObj
+	localV ref.Val
 	tool   *toolObj
+	toolV  ref.Val
 	args   ref.Val
 	budget *budgetVal
 }
@@ -287,18 +289,20 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		}
 		return a.now, true
 	case "local":
-		if a.local == nil {
+		if a.localV == nil {
 			a.local = newLocal(a.in.Now, a.set.settings.Location)
+			a.localV = objVal[localObj]{a.local, localType}
 		}
-		return objVal[localObj]{a.local, localType}, true
+		return a.localV, true
 	case "tool":
-		if a.tool == nil {
+		if a.toolV == nil {
 			a.tool = &toolObj{}
 			if t := a.in.Tool; t != nil {
 				a.tool = &toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: lazyMap{raw: t.Annotations}}
 			}
+			a.toolV = objVal[toolObj]{a.tool, toolType}
 		}
-		return objVal[toolObj]{a.tool, toolType}, true
+		return a.toolV, true
 	case "args":
 		if a.args == nil {
 			a.args = emptyMap
