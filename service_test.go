@@ -517,3 +517,33 @@ func TestSystemDecidesAndSessionCollectsToken(t *testing.T) {
 	require.NoError(t, sess.Spend(f.ctx, perm.ID, tok, nil))
 	require.ErrorIs(t, sess.Spend(f.ctx, perm.ID, tok, nil), agentotp.ErrConflict)
 }
+
+// TestApproverRightsCheckedAtDecision: a user disabled or downgraded while a
+// request waits can no longer decide it (threat B14); keys are resolved on
+// every call, so nothing stale is cached.
+func TestApproverRightsCheckedAtDecision(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	_, key, err := f.svc.CreateUser(f.ctx, f.admin, agentotp.UserInput{Name: "bob", Role: agentotp.RoleApprover})
+	require.NoError(t, err)
+	bob, err := f.svc.Authenticate(f.ctx, key.Reveal())
+	require.NoError(t, err)
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+
+	off := false
+	_, err = f.svc.UpdateUser(f.ctx, f.admin, bob.User.ID, agentotp.UserPatch{Active: &off})
+	require.NoError(t, err)
+	_, err = f.svc.Authenticate(f.ctx, key.Reveal())
+	require.ErrorIs(t, err, agentotp.ErrForbidden, "a disabled approver's key stops working at once")
+
+	on := true
+	_, err = f.svc.UpdateUser(f.ctx, f.admin, bob.User.ID, agentotp.UserPatch{Active: &on})
+	require.NoError(t, err)
+	require.NoError(t, f.svc.DeleteUser(f.ctx, f.admin, bob.User.ID))
+	_, err = f.svc.Authenticate(f.ctx, key.Reveal())
+	require.ErrorIs(t, err, agentotp.ErrUnauthorized, "a deleted approver's key is unknown")
+	got, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, got.Status)
+}

@@ -206,3 +206,16 @@ func TestSecurityHeaders(t *testing.T) {
 	require.Equal(t, "nosniff", r.Header.Get("X-Content-Type-Options"))
 	require.Equal(t, "application/json; charset=utf-8", r.Header.Get("Content-Type"))
 }
+
+// TestStoreDown: with the store gone, /ready is 503, requests fail with an
+// error and grant nothing, and /health still answers (threat E5).
+func TestStoreDown(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("orphan")
+	require.NoError(t, e.store.Close())
+	e.do("GET", "/ready", "", nil).fail(t, http.StatusServiceUnavailable, "SERVICE_UNAVAILABLE")
+	e.do("GET", "/health", "", nil).data(t, http.StatusOK, nil)
+	r := e.do("POST", "/api/v1/permissions/request", agent.Key, map[string]any{"action": "auto.x"})
+	require.GreaterOrEqual(t, r.Status, 500, "body: %s", r.Body)
+	require.NotContains(t, string(r.Body), "otp_")
+}

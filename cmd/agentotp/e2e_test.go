@@ -377,3 +377,31 @@ func TestServePolicyReload(t *testing.T) {
 	}, 10*time.Second, 50*time.Millisecond)
 	require.Contains(t, auditTypes(), "policy_reload")
 }
+
+// TestRestartBetweenApprovalAndDelivery: the token is minted when the agent
+// collects it, so a restart after a human approves loses nothing and never
+// makes two tokens (threat E1).
+func TestRestartBetweenApprovalAndDelivery(t *testing.T) {
+	withEnv(t, nil)
+	dir := filepath.Join(t.TempDir(), "data")
+	url, _, stop := startServer(t, "--data", dir)
+	code, out, _ := run(t, "agents", "create", "patient", "--data", dir)
+	require.Equal(t, 0, code)
+	key := regexp.MustCompile(`ak_\S+`).FindString(out)
+	status, p := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "deploy.prod"})
+	require.Equal(t, http.StatusAccepted, status)
+	id := p["id"].(string)
+	code, _, errs := run(t, "approve", id, "--data", dir)
+	require.Equal(t, 0, code, errs)
+	stop()
+
+	url, _, _ = startServer(t, "--data", dir)
+	_, got := call(t, "GET", url+"/api/v1/permissions/"+id, key, nil)
+	require.Equal(t, "approved", got["status"])
+	token, _ := got["token"].(string)
+	require.True(t, strings.HasPrefix(token, "otp_"), "the approval survived the restart")
+	_, again := call(t, "GET", url+"/api/v1/permissions/"+id, key, nil)
+	require.NotContains(t, again, "token")
+	_, u := call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token})
+	require.Equal(t, true, u["success"])
+}
