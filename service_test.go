@@ -547,3 +547,28 @@ func TestApproverRightsCheckedAtDecision(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, agentotp.StatusPending, got.Status)
 }
+
+// TestDenyRuleStopsIssuedTokens: a policy that starts denying after a token
+// was issued refuses its use, spends nothing, and audits why (threat A11).
+func TestDenyRuleStopsIssuedTokens(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("a")
+	perm, tok := f.granted(a, 2)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+	require.NoError(t, err)
+	require.True(t, res.Success)
+
+	f.eff.Store(int32(agentotp.EffectDeny)) // the operator adds a deny rule
+	res, err = f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	require.Contains(t, res.Reason, "refused by policy")
+	got, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, got.UsesRemaining)
+
+	f.eff.Store(int32(agentotp.EffectRequireApproval)) // only a deny refuses
+	res, err = f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+	require.NoError(t, err)
+	require.True(t, res.Success)
+}

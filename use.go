@@ -96,6 +96,9 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 			reason = "outside the granted scope: " + errMessage(err)
 		}
 	}
+	if reason == "" {
+		reason = s.recheck(ctx, p, perm, now)
+	}
 	if uc, ok := s.eval.(UseChecker); ok && reason == "" && perm.Decision.UseWhen != "" {
 		if err := uc.CheckUse(ctx, perm, details, now); err != nil {
 			reason = "refused by policy: " + errMessage(err)
@@ -137,6 +140,26 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 		s.broker.publish(id)
 	}
 	return res, nil
+}
+
+// recheck asks the policy again at use: a rule that now denies the request
+// stops tokens issued before it (threat A11), so an operator's emergency deny
+// takes effect at once. Only a deny refuses; an evaluation error refuses too
+// (fail closed). The decision's policy version is on the permission.
+func (s *Service) recheck(ctx context.Context, p Principal, perm *Permission, now time.Time) string {
+	d, err := s.eval.Evaluate(ctx, EvalInput{Agent: p.Agent, Action: perm.Action, Resource: perm.Resource,
+		Scope: perm.Scope, Context: perm.Context, Now: now})
+	switch {
+	case err != nil:
+		s.log.Error("policy re-check at use failed", "permission", perm.ID, "rule", d.Rule, "err", err)
+		return "refused by policy: evaluation failed"
+	case d.Effect == EffectDeny:
+		if d.Reason != "" {
+			return "refused by policy: " + d.Reason
+		}
+		return "refused by policy: the request is now denied"
+	}
+	return ""
 }
 
 func errMessage(err error) string {
