@@ -35,6 +35,9 @@ func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in D
 	if err := s.mayApprove(p, perm); err != nil {
 		return nil, err
 	}
+	if err := CheckNarrowing("scopeModifications", perm.GrantedScope, in.ScopeModifications); err != nil {
+		return nil, err
+	}
 	now := s.clock()
 	var (
 		out      *Permission
@@ -133,6 +136,14 @@ func (s *Service) vote(ctx context.Context, tx Tx, p Principal, cur *Permission,
 	}
 	if n >= cur.Decision.Quorum {
 		return true, nil
+	}
+	if in.ScopeModifications != nil {
+		// Every approver's narrowing counts, not only the last one's.
+		cur.GrantedScope = NarrowScope(cur.GrantedScope, in.ScopeModifications)
+		cur.UpdatedAt = now
+		if err := tx.UpdatePermission(ctx, cur, StatusPending); err != nil {
+			return false, err
+		}
 	}
 	return false, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventVote, now, map[string]any{
 		"approvals": n, "quorum": cur.Decision.Quorum, "reason": in.Reason,

@@ -224,46 +224,63 @@ func validText(s string) bool {
 	return true
 }
 
-// ValidateObject bounds a JSON object's keys, depth and strings. It accepts
-// the shapes encoding/json produces: map[string]any, []any, string, float64,
-// json.Number, bool and nil.
+// ValidateObject bounds a JSON object's keys, depth, size and strings. It
+// accepts the shapes encoding/json produces: map[string]any, []any, string,
+// float64, json.Number, bool and nil.
 func ValidateObject(field string, m map[string]any) error {
 	if len(m) > MaxObjectKeys {
 		return ValidationError(field, "has more than 256 keys")
 	}
-	return validateValue(field, m, 0)
+	size, err := validateValue(field, m, 0)
+	if err != nil {
+		return err
+	}
+	if size > MaxObjectBytes {
+		return ValidationError(field, "is larger than 64 KiB")
+	}
+	return nil
 }
 
-func validateValue(path string, v any, depth int) error {
+// validateValue checks v and returns about how many bytes its JSON takes.
+func validateValue(path string, v any, depth int) (int, error) {
 	if depth > MaxObjectDepth {
-		return ValidationError(path, "is nested more than 16 levels deep")
+		return 0, ValidationError(path, "is nested more than 16 levels deep")
 	}
 	switch x := v.(type) {
 	case map[string]any:
 		if len(x) > MaxObjectKeys {
-			return ValidationError(path, "has more than 256 keys")
+			return 0, ValidationError(path, "has more than 256 keys")
 		}
+		size := 2
 		for k, e := range x {
 			if k == "" || !validText(k) || len(k) > MaxNameLen {
-				return ValidationError(path, "has an empty, over-long or non-printable key")
+				return 0, ValidationError(path, "has an empty, over-long or non-printable key")
 			}
-			if err := validateValue(path+"."+k, e, depth+1); err != nil {
-				return err
+			n, err := validateValue(path+"."+k, e, depth+1)
+			if err != nil {
+				return 0, err
 			}
+			size += len(k) + 4 + n
 		}
+		return size, nil
 	case []any:
 		if len(x) > MaxObjectKeys*4 {
-			return ValidationError(path, "has more than 1024 elements")
+			return 0, ValidationError(path, "has more than 1024 elements")
 		}
+		size := 2
 		for _, e := range x {
-			if err := validateValue(path, e, depth+1); err != nil {
-				return err
+			n, err := validateValue(path, e, depth+1)
+			if err != nil {
+				return 0, err
 			}
+			size += n + 1
 		}
+		return size, nil
 	case string:
 		if !utf8.ValidString(x) || strings.ContainsRune(x, 0) {
-			return ValidationError(path, "must be valid UTF-8 without NUL")
+			return 0, ValidationError(path, "must be valid UTF-8 without NUL")
 		}
+		return len(x) + 2, nil
 	}
-	return nil
+	return 8, nil
 }

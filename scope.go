@@ -104,21 +104,25 @@ func equalValue(a, b any) bool {
 
 // CheckDetails enforces a granted scope against the details of one use, so a
 // scope is a limit the server holds, not advice to the agent (threat A4).
-// The built-in rules, by the scope's own keys:
+// For every key of the scope:
 //
-//   - "max_<x>": a number; details "<x>" (a number, or a list counted by its
-//     length) must not exceed it.
+//   - the same key in details may only be narrower: a number no larger, a
+//     list a subset, a bool not true where the scope says false, anything
+//     else equal (so echoing a requested scope back is checked against what
+//     was granted, e.g. details max_emails 50 against a granted 1);
+//   - "max_<x>": a number; details "<x>" (a number, or a list of non-numbers
+//     counted by its length) must not exceed it;
 //   - "<x>_pattern": a regular expression; details "<x>" must match it
-//     (unanchored, as in v0.1.1 conditions).
+//     (unanchored, as in v0.1.1 conditions);
 //   - "allowed_<x>": a list; details "<x>" (a value or every element of a
-//     list) must be in it.
+//     list) must be in it;
 //   - "blocked_<x>": a list; details "<x>" must not be in it.
-//   - any other key present in both: details may only narrow it — a number
-//     no larger, a list a subset, a bool not true where the scope says
-//     false, anything else equal.
 //
-// Details keys the scope does not mention are allowed; a policy's useWhen can
-// forbid them. It returns a VALIDATION_ERROR naming the first offending key.
+// A rule key whose granted value has the wrong type (a max_ that is not a
+// number, a pattern that does not compile, …) refuses any use that names
+// its subject: a malformed limit never lifts the limit. Details keys the
+// scope does not mention are allowed; a policy's useWhen can forbid them.
+// It returns a VALIDATION_ERROR naming the first offending key.
 func CheckDetails(scope, details map[string]any) error {
 	keys := make([]string, 0, len(scope))
 	for k := range scope {
@@ -127,52 +131,54 @@ func CheckDetails(scope, details map[string]any) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		sv := scope[k]
+		if dv, present := details[k]; present && !narrowerOrEqual(sv, dv) {
+			return scopeViolation(k, "is wider than the granted scope")
+		}
 		switch {
 		case strings.HasPrefix(k, "max_"):
-			lim, ok := toFloat(sv)
-			if !ok {
-				continue
-			}
 			name := strings.TrimPrefix(k, "max_")
 			dv, present := details[name]
 			if !present {
 				continue
 			}
+			lim, ok := toFloat(sv)
+			if !ok {
+				return scopeViolation(name, fmt.Sprintf("cannot be checked: the granted %s is not a number", k))
+			}
 			n, ok := toFloat(dv)
 			if l, isList := dv.([]any); isList {
-				n, ok = float64(len(l)), true
+				n, ok = float64(len(l)), !containsNumber(l)
 			}
 			if !ok {
-				return scopeViolation(name, "must be a number")
+				return scopeViolation(name, fmt.Sprintf("must be a number (or a list of items) to check against %s", k))
 			}
 			if n > lim {
 				return scopeViolation(name, fmt.Sprintf("exceeds the granted %s", k))
 			}
 		case strings.HasSuffix(k, "_pattern"):
-			pat, ok := sv.(string)
-			if !ok {
-				continue
-			}
 			name := strings.TrimSuffix(k, "_pattern")
 			dv, present := details[name]
 			if !present {
 				continue
 			}
-			s, ok := dv.(string)
+			pat, ok := sv.(string)
 			re, err := regexp.Compile(pat)
-			if err != nil || !ok || !re.MatchString(s) {
+			if !ok || err != nil {
+				return scopeViolation(name, fmt.Sprintf("cannot be checked: the granted %s is not a valid pattern", k))
+			}
+			if s, ok := dv.(string); !ok || !re.MatchString(s) {
 				return scopeViolation(name, fmt.Sprintf("does not match the granted %s", k))
 			}
 		case strings.HasPrefix(k, "allowed_") || strings.HasPrefix(k, "blocked_"):
-			list, ok := sv.([]any)
-			if !ok {
-				continue
-			}
 			allow := strings.HasPrefix(k, "allowed_")
 			name := k[len("allowed_"):]
 			dv, present := details[name]
 			if !present {
 				continue
+			}
+			list, ok := sv.([]any)
+			if !ok {
+				return scopeViolation(name, fmt.Sprintf("cannot be checked: the granted %s is not a list", k))
 			}
 			vals, isList := dv.([]any)
 			if !isList {
@@ -183,17 +189,59 @@ func CheckDetails(scope, details map[string]any) error {
 					return scopeViolation(name, fmt.Sprintf("is not permitted by the granted %s", k))
 				}
 			}
-		default:
-			dv, present := details[k]
-			if !present {
-				continue
-			}
-			if !narrowerOrEqual(sv, dv) {
-				return scopeViolation(k, "is wider than the granted scope")
+		}
+	}
+	return nil
+}
+
+func containsNumber(l []any) bool {
+	for _, e := range l {
+		if _, ok := toFloat(e); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// CheckNarrowing refuses limits (an approver's scopeModifications) that
+// give a key of base a value of another JSON type: NarrowScope would take
+// the limit's value, and a max_ turned into a string would no longer limit
+// anything.
+func CheckNarrowing(field string, base, limits map[string]any) error {
+	for k, lim := range limits {
+		cur, ok := base[k]
+		if !ok || cur == nil {
+			continue
+		}
+		if jsonKind(cur) != jsonKind(lim) {
+			return ValidationError(field+"."+k, fmt.Sprintf("must be a %s, like the scope it narrows", jsonKind(cur)))
+		}
+		if cm, ok := cur.(map[string]any); ok {
+			if err := CheckNarrowing(field+"."+k, cm, lim.(map[string]any)); err != nil {
+				return err
 			}
 		}
 	}
 	return nil
+}
+
+func jsonKind(v any) string {
+	if _, ok := toFloat(v); ok {
+		return "number"
+	}
+	switch v.(type) {
+	case string:
+		return "string"
+	case bool:
+		return "boolean"
+	case []any:
+		return "list"
+	case map[string]any:
+		return "object"
+	case nil:
+		return "null"
+	}
+	return "value"
 }
 
 func narrowerOrEqual(granted, used any) bool {

@@ -54,6 +54,10 @@ func TestCheckDetails(t *testing.T) {
 		{"different recipient", map[string]any{"recipient": "attacker@evil.com"}, "recipient"},
 		{"bool widened", map[string]any{"attachments": true}, "attachments"},
 		{"list widened", map[string]any{"regions": []any{"eu", "apac"}}, "regions"},
+		{"echoed limit wider than granted", map[string]any{"max_emails": 50.0}, "max_emails"},
+		{"echoed limit within granted", map[string]any{"max_emails": 1.0, "allowed_domains": []any{"example.com"}}, ""},
+		{"echoed allow list wider", map[string]any{"allowed_domains": []any{"example.com", "evil.com"}}, "allowed_domains"},
+		{"numbers in a list are not a count", map[string]any{"emails": []any{1e9}}, "emails"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -105,4 +109,27 @@ func TestValidateRequest(t *testing.T) {
 	require.NoError(t, ok.Validate())
 	require.Equal(t, agentotp.DefaultTokenTTL, ok.TTL)
 	require.Equal(t, 1, ok.Uses)
+}
+
+func TestMalformedLimitsRefuse(t *testing.T) {
+	scope := map[string]any{"max_amount": "10", "allowed_to": "a@x", "subject_pattern": "(", "blocked_paths": 3.0}
+	for name, details := range map[string]map[string]any{
+		"amount": {"amount": 1e9}, "to": {"to": "evil@y"}, "subject": {"subject": "x"}, "paths": {"paths": "/etc"},
+	} {
+		err := agentotp.CheckDetails(scope, details)
+		require.ErrorIs(t, err, agentotp.ErrValidation, name)
+		require.Contains(t, err.Error(), "cannot be checked", name)
+	}
+	require.NoError(t, agentotp.CheckDetails(scope, map[string]any{"other": 1.0}))
+}
+
+func TestCheckNarrowing(t *testing.T) {
+	base := map[string]any{"max_amount": 10.0, "allowed": []any{"a"}, "o": map[string]any{"n": 1.0}, "s": "x"}
+	for _, bad := range []map[string]any{
+		{"max_amount": "5"}, {"allowed": "b"}, {"o": map[string]any{"n": "1"}}, {"s": 1.0}, {"o": []any{}},
+	} {
+		require.ErrorIs(t, agentotp.CheckNarrowing("scopeModifications", base, bad), agentotp.ErrValidation, "%v", bad)
+	}
+	require.NoError(t, agentotp.CheckNarrowing("scopeModifications", base,
+		map[string]any{"max_amount": 5.0, "allowed": []any{}, "o": map[string]any{"n": 0.0}, "new": "key"}))
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -571,4 +572,48 @@ func TestDenyRuleStopsIssuedTokens(t *testing.T) {
 	res, err = f.svc.Use(f.ctx, a, perm.ID, tok, nil)
 	require.NoError(t, err)
 	require.True(t, res.Success)
+}
+
+func TestQuorumKeepsEveryNarrowing(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Quorum: 2}, nil
+		})
+	})
+	a := f.agent("a")
+	alice, bob := f.approver("alice"), f.approver("bob")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "pay",
+		Scope: map[string]any{"max_amount": 1000.0}})
+	require.NoError(t, err)
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": "10"}})
+	require.ErrorIs(t, err, agentotp.ErrValidation, "a modification of another type is refused")
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": 10.0}})
+	require.NoError(t, err)
+	got, err := f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusApproved, got.Status)
+	require.Equal(t, 10.0, got.GrantedScope["max_amount"], "the first approver's narrowing survives the second vote")
+}
+
+func TestUseWhenWithoutCheckerRefuses(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectAutoApprove, UseWhen: "false"}, nil
+		})
+	})
+	a := f.agent("a")
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), nil)
+	require.NoError(t, err)
+	require.False(t, res.Success, "a condition nobody can check fails closed")
+	require.Contains(t, res.Reason, "cannot be checked")
+}
+
+func TestObjectSizeBound(t *testing.T) {
+	big := map[string]any{"blob": strings.Repeat("x", 65<<10)}
+	req := agentotp.PermissionRequest{Action: "x", Scope: big}
+	require.ErrorIs(t, req.Validate(), agentotp.ErrValidation)
+	ok := agentotp.PermissionRequest{Action: "x", Scope: map[string]any{"blob": strings.Repeat("x", 60<<10)}}
+	require.NoError(t, ok.Validate())
 }

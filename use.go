@@ -99,9 +99,16 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 	if reason == "" {
 		reason = s.recheck(ctx, p, perm, now)
 	}
-	if uc, ok := s.eval.(UseChecker); ok && reason == "" && perm.Decision.UseWhen != "" {
-		if err := uc.CheckUse(ctx, perm, details, now); err != nil {
-			reason = "refused by policy: " + errMessage(err)
+	if reason == "" && perm.Decision.UseWhen != "" {
+		uc, ok := s.eval.(UseChecker)
+		switch {
+		case !ok:
+			// Fail closed: a condition nobody here can check is not met.
+			reason = "refused: the policy's use condition cannot be checked by this server"
+		default:
+			if err := uc.CheckUse(ctx, perm, details, now); err != nil {
+				reason = "refused by policy: " + errMessage(err)
+			}
 		}
 	}
 

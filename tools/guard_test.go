@@ -206,6 +206,11 @@ func TestGuard(t *testing.T) {
 			opts:   []tools.Option{tools.WithAction("human.narrow"), tools.WithWait(10 * time.Second)},
 			decide: &otpclient.Decision{Approved: true, ScopeModifications: map[string]any{"input": "something else"}},
 			input:  "hi", want: []string{"could not be used", "did not run"}},
+		{name: "approver lowers a numeric limit: the use is refused, tool does not run",
+			opts: []tools.Option{tools.WithAction("human.cap"), tools.WithWait(10 * time.Second),
+				tools.WithScope(func(string) (map[string]any, error) { return map[string]any{"max_emails": 50}, nil })},
+			decide: &otpclient.Decision{Approved: true, ScopeModifications: map[string]any{"max_emails": 1}},
+			input:  "hi", want: []string{"could not be used", "did not run"}},
 		{name: "scope mapping error is text, nothing asked",
 			opts: []tools.Option{tools.WithAction("auto.send"), tools.WithScope(func(string) (map[string]any, error) {
 				return nil, errors.New("want JSON")
