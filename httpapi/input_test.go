@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 )
@@ -286,4 +287,19 @@ func TestExactKeys(t *testing.T) {
 	var got permView
 	e.do("GET", "/api/v1/permissions/"+p.ID, agent.Key, nil).data(t, http.StatusOK, &got)
 	require.Equal(t, "pending", got.Status)
+}
+
+// TestDeepNestingIsCheap: a body that is nothing but brackets is refused
+// quickly, without recursing once per bracket.
+func TestDeepNestingIsCheap(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("nester")
+	for _, body := range []string{
+		strings.Repeat("[", 900_000),
+		`{"action":"auto.x","scope":` + strings.Repeat(`{"a":`, 100_000) + "1" + strings.Repeat("}", 100_000) + "}",
+	} {
+		start := time.Now()
+		err := e.do("POST", "/api/v1/permissions/request", agent.Key, body).fail(t, http.StatusBadRequest, "VALIDATION_ERROR")
+		require.Less(t, time.Since(start), 2*time.Second, err.Message)
+	}
 }

@@ -17,10 +17,18 @@ import (
 func checkKeys(body []byte, t reflect.Type) error {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
-	return walkValue(dec, t, "")
+	return walkValue(dec, t, "", 0)
 }
 
-func walkValue(dec *json.Decoder, t reflect.Type, path string) error {
+// maxJSONDepth bounds nesting before anything recurses over it: a 1 MiB body
+// of '[' would otherwise cost a million stack frames. Domain objects allow
+// 16 levels inside a field; this leaves room for the envelope around them.
+const maxJSONDepth = 32
+
+func walkValue(dec *json.Decoder, t reflect.Type, path string, depth int) error {
+	if depth > maxJSONDepth {
+		return agentotp.Errorf(agentotp.CodeValidation, "request body is nested more than %d levels deep", maxJSONDepth)
+	}
 	tok, err := dec.Token()
 	if err != nil {
 		return nil // syntax errors are reported by the real decode
@@ -63,7 +71,7 @@ func walkValue(dec *json.Decoder, t reflect.Type, path string) error {
 				}
 				next = ft
 			}
-			if err := walkValue(dec, next, name); err != nil {
+			if err := walkValue(dec, next, name, depth+1); err != nil {
 				return err
 			}
 		}
@@ -74,7 +82,7 @@ func walkValue(dec *json.Decoder, t reflect.Type, path string) error {
 			elem = t.Elem()
 		}
 		for dec.More() {
-			if err := walkValue(dec, elem, path); err != nil {
+			if err := walkValue(dec, elem, path, depth+1); err != nil {
 				return err
 			}
 		}

@@ -38,12 +38,14 @@ func (s *Store) Approvals(ctx context.Context, id agentotp.PermissionID) ([]agen
 }
 
 func (t *tx) Approvals(ctx context.Context, id agentotp.PermissionID) ([]agentotp.Approval, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	return approvals(ctx, t.tx, id)
 }
 
 // AddApproval records one vote; a second vote by the same user on the same
 // permission is a conflict.
 func (t *tx) AddApproval(ctx context.Context, a agentotp.Approval) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	var user any
 	if a.UserID != "" {
 		user = string(a.UserID)

@@ -31,6 +31,7 @@ const (
 // transaction's write lock, so sequence numbers have no gaps or forks even
 // with several processes appending.
 func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	if !representable(e.Time) {
 		return agentotp.ValidationError("time", "must be between the years 1678 and 2262")
 	}

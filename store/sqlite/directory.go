@@ -68,16 +68,19 @@ func agentArgs(a *agentotp.Agent) ([]any, error) {
 }
 
 func (t *tx) Agent(ctx context.Context, id agentotp.AgentID) (*agentotp.Agent, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	a, err := scanAgent(t.tx.QueryRowContext(ctx, selectAgent+" WHERE id = ?", string(id)))
 	return a, storeErr("read agent", err, agentNotFound)
 }
 
 func (t *tx) User(ctx context.Context, id agentotp.UserID) (*agentotp.User, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	u, err := scanUser(t.tx.QueryRowContext(ctx, selectUser+" WHERE id = ?", string(id)))
 	return u, storeErr("read user", err, userNotFound)
 }
 
 func (t *tx) CreateAgent(ctx context.Context, a *agentotp.Agent) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := agentArgs(a)
 	if err != nil {
 		return err
@@ -88,6 +91,7 @@ func (t *tx) CreateAgent(ctx context.Context, a *agentotp.Agent) error {
 }
 
 func (t *tx) UpdateAgent(ctx context.Context, a *agentotp.Agent) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := agentArgs(a)
 	if err != nil {
 		return err
@@ -99,6 +103,7 @@ func (t *tx) UpdateAgent(ctx context.Context, a *agentotp.Agent) error {
 
 // DeleteAgent removes the agent; its permissions stay with a NULL agent.
 func (t *tx) DeleteAgent(ctx context.Context, id agentotp.AgentID) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	res, err := t.tx.ExecContext(ctx, `DELETE FROM agents WHERE id = ?`, string(id))
 	return oneRow("delete agent", res, err, agentNotFound, failure{})
 }
@@ -155,6 +160,7 @@ func (s *Store) Users(ctx context.Context, p agentotp.Page) ([]*agentotp.User, i
 }
 
 func (t *tx) UserByName(ctx context.Context, name string) (*agentotp.User, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	return userByName(ctx, t.tx, name)
 }
 
@@ -163,12 +169,14 @@ func userArgs(u *agentotp.User) []any {
 }
 
 func (t *tx) CreateUser(ctx context.Context, u *agentotp.User) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	_, err := t.tx.ExecContext(ctx, `INSERT INTO users (name, role, telegram_id, active, key_hash, key_prefix,
 		updated_at, id, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)`, append(userArgs(u), string(u.ID), nanos(u.CreatedAt))...)
 	return storeErr("create user", err, userConflict)
 }
 
 func (t *tx) UpdateUser(ctx context.Context, u *agentotp.User) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	res, err := t.tx.ExecContext(ctx, `UPDATE users SET name = ?, role = ?, telegram_id = ?, active = ?,
 		key_hash = ?, key_prefix = ?, updated_at = ? WHERE id = ?`, append(userArgs(u), string(u.ID))...)
 	return oneRow("update user", res, err, userNotFound, userConflict)
@@ -176,6 +184,7 @@ func (t *tx) UpdateUser(ctx context.Context, u *agentotp.User) error {
 
 // DeleteUser removes the user; their votes stay with a NULL user.
 func (t *tx) DeleteUser(ctx context.Context, id agentotp.UserID) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	res, err := t.tx.ExecContext(ctx, `DELETE FROM users WHERE id = ?`, string(id))
 	return oneRow("delete user", res, err, userNotFound, failure{})
 }
@@ -245,6 +254,7 @@ func policyArgs(p *agentotp.Policy) ([]any, error) {
 }
 
 func (t *tx) CreatePolicy(ctx context.Context, p *agentotp.Policy) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := policyArgs(p)
 	if err != nil {
 		return err
@@ -257,6 +267,7 @@ func (t *tx) CreatePolicy(ctx context.Context, p *agentotp.Policy) error {
 }
 
 func (t *tx) UpdatePolicy(ctx context.Context, p *agentotp.Policy) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := policyArgs(p)
 	if err != nil {
 		return err
@@ -269,6 +280,7 @@ func (t *tx) UpdatePolicy(ctx context.Context, p *agentotp.Policy) error {
 }
 
 func (t *tx) DeletePolicy(ctx context.Context, id agentotp.PolicyID) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	res, err := t.tx.ExecContext(ctx, `DELETE FROM policies WHERE id = ?`, string(id))
 	return oneRow("delete policy", res, err, policyNotFound, failure{})
 }

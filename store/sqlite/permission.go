@@ -238,12 +238,14 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 
 // Permission reads one permission inside the transaction.
 func (t *tx) Permission(ctx context.Context, id agentotp.PermissionID) (*agentotp.Permission, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	p, err := scanPermission(t.stmt(ctx, t.s.txPermission).QueryRowContext(ctx, string(id)))
 	return p, storeErr("read permission", err, permissionNotFound)
 }
 
 // PermissionByIdempotencyKey finds the agent's permission created with key.
 func (t *tx) PermissionByIdempotencyKey(ctx context.Context, agent agentotp.AgentID, key string) (*agentotp.Permission, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	if key == "" {
 		return nil, errNotFound("permission not found")
 	}
@@ -254,6 +256,7 @@ func (t *tx) PermissionByIdempotencyKey(ctx context.Context, agent agentotp.Agen
 
 // CreatePermission inserts p.
 func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := permissionArgs(p)
 	if err != nil {
 		return agentotp.ValidationError("permission", "cannot be encoded")
@@ -272,6 +275,7 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 
 // UpdatePermission writes p if its stored status is still expect.
 func (t *tx) UpdatePermission(ctx context.Context, p *agentotp.Permission, expect agentotp.Status) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	args, err := permissionArgs(p)
 	if err != nil {
 		return agentotp.ValidationError("permission", "cannot be encoded")
@@ -290,6 +294,7 @@ func (t *tx) UpdatePermission(ctx context.Context, p *agentotp.Permission, expec
 }
 
 func (t *tx) permissionExists(ctx context.Context, id agentotp.PermissionID) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	var one int
 	err := t.tx.QueryRowContext(ctx, "SELECT 1 FROM permissions WHERE id = ?", string(id)).Scan(&one)
 	return storeErr("read permission", err, permissionNotFound)
@@ -297,6 +302,7 @@ func (t *tx) permissionExists(ctx context.Context, id agentotp.PermissionID) err
 
 // IssueToken sets the token hash of an approved permission that has none.
 func (t *tx) IssueToken(ctx context.Context, id agentotp.PermissionID, hash string, issuedAt time.Time) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	if hash == "" {
 		return agentotp.ValidationError("tokenHash", "is required")
 	}
@@ -317,6 +323,7 @@ func (t *tx) IssueToken(ctx context.Context, id agentotp.PermissionID, hash stri
 
 // SpendToken consumes one use in a single conditional UPDATE.
 func (t *tx) SpendToken(ctx context.Context, id agentotp.PermissionID, agent agentotp.AgentID, hash string, now time.Time) (int, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	var left int
 	err := t.stmt(ctx, t.s.spendToken).QueryRowContext(ctx, nanos(now), string(id), string(agent), hash, now.UnixNano()).Scan(&left)
 	if errors.Is(err, sql.ErrNoRows) {

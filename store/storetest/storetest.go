@@ -44,6 +44,7 @@ func Run(t *testing.T, open Opener) {
 		{"DeleteKeepsHistory", testDeleteKeepsHistory},
 		{"RollbackOnError", testRollback},
 		{"ConcurrentUpdatesIsolated", testConcurrentUpdatesIsolated},
+		{"CallerLeavingMidUpdate", testCallerLeavingMidUpdate},
 		{"AuditChain", testAuditChain},
 		{"AuditFilters", testAuditFilters},
 		{"AuditStats", testAuditStats},
@@ -1380,4 +1381,44 @@ func testConcurrentUpdatesIsolated(t *testing.T, s agentotp.Store) {
 	last, err := s.AuditEvents(ctx, agentotp.AuditFilter{Limit: 1})
 	require.NoError(t, err)
 	require.Equal(t, last[0].Hash, hash)
+}
+
+// testCallerLeavingMidUpdate: callers whose context is cancelled while their
+// fn runs (a client hanging up) neither lose their own started work nor
+// break the other callers' writes that may share their transaction.
+func testCallerLeavingMidUpdate(t *testing.T, s agentotp.Store) {
+	const n = 40
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			<-start
+			errs[i] = s.Update(ctx, func(tx agentotp.Tx) error {
+				for j := range 2 {
+					a := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: fmt.Sprintf("leave-%d-%d", i, j), Active: true,
+						KeyHash: agentotp.HashSecret(fmt.Sprintf("leave-key-%d-%d", i, j)), CreatedAt: base, UpdatedAt: base}
+					if err := tx.CreateAgent(ctx, a); err != nil {
+						return err
+					}
+					if i%2 == 1 {
+						cancel() // the caller goes away mid-transaction
+					}
+				}
+				return nil
+			})
+		}()
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		require.NoError(t, err, "caller %d", i)
+	}
+	_, total, err := s.Agents(context.Background(), agentotp.Page{Page: 1, Limit: 1})
+	require.NoError(t, err)
+	require.Equal(t, 2*n, total)
 }
