@@ -3,6 +3,7 @@ package httpapi
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"reflect"
 	"strings"
 
@@ -27,7 +28,10 @@ const maxJSONDepth = 32
 
 func walkValue(dec *json.Decoder, t reflect.Type, path string, depth int) error {
 	if depth > maxJSONDepth {
-		return agentotp.Errorf(agentotp.CodeValidation, "request body is nested more than %d levels deep", maxJSONDepth)
+		if path == "" {
+			return agentotp.Errorf(agentotp.CodeValidation, "request body is nested more than %d levels deep", maxJSONDepth)
+		}
+		return agentotp.ValidationError(path, fmt.Sprintf("is nested more than %d levels deep", maxJSONDepth))
 	}
 	tok, err := dec.Token()
 	if err != nil {
