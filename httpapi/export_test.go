@@ -8,3 +8,14 @@ func SetSSEHeartbeat(d time.Duration) (restore func()) {
 	sseHeartbeat = d
 	return func() { sseHeartbeat = old }
 }
+
+// OpenWaits counts the long-polls and event streams held open.
+func (s *Server) OpenWaits() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := 0
+	for _, c := range s.waiters {
+		n += c
+	}
+	return n
+}

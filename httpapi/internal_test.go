@@ -1,6 +1,8 @@
 package httpapi
 
 import (
+	"fmt"
+	"net/http"
 	"testing"
 	"time"
 
@@ -49,4 +51,26 @@ func TestValidRequestID(t *testing.T) {
 		"01234567890123456789012345678901234567890123456789012345678901234"} {
 		require.False(t, validRequestID(bad), bad)
 	}
+}
+
+func TestLimitKeyGroupsIPv6By64(t *testing.T) {
+	key := func(addr string) string {
+		return limitKey(&http.Request{RemoteAddr: addr})
+	}
+	require.Equal(t, key("[2001:db8:1:2::1]:5000"), key("[2001:db8:1:2:ffff::9]:6000"))
+	require.NotEqual(t, key("[2001:db8:1:2::1]:5000"), key("[2001:db8:1:3::1]:5000"))
+	require.Equal(t, "ip:192.0.2.7", key("192.0.2.7:1234"))
+}
+
+func TestLimiterTableStaysBounded(t *testing.T) {
+	s := &Server{limiters: map[string]*limiterEntry{}, limit: 1, burst: 1}
+	now := time.Now()
+	for i := range hardLimiters {
+		s.limiters[fmt.Sprintf("ip:%d", i)] = &limiterEntry{seen: now}
+	}
+	s.limiters["agent:agt_x"] = &limiterEntry{seen: now}
+	s.lastSweep = now
+	s.sweepLimiters(now)
+	require.Len(t, s.limiters, 1, "a flood of addresses is dropped; principals keep their buckets")
+	require.Contains(t, s.limiters, "agent:agt_x")
 }

@@ -95,6 +95,14 @@ func (s *Server) getPermission(w http.ResponseWriter, r *http.Request, p agentot
 		writeError(w, err)
 		return
 	}
+	if wait > 0 {
+		release, ok := s.holdWaiter(p)
+		if !ok {
+			writeError(w, agentotp.Errorf(agentotp.CodeRateLimited, "too many open waits: at most %d per key", MaxWaiters))
+			return
+		}
+		defer release()
+	}
 	perm, token, err := s.svc.GetPermission(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), wait)
 	if err != nil {
 		s.fail(w, r, err)
@@ -111,6 +119,12 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 		writeError(w, fmt.Errorf("streaming unsupported"))
 		return
 	}
+	release, ok := s.holdWaiter(p)
+	if !ok {
+		writeError(w, agentotp.Errorf(agentotp.CodeRateLimited, "too many open waits: at most %d per key", MaxWaiters))
+		return
+	}
+	defer release()
 	id := agentotp.PermissionID(r.PathValue("id"))
 	// Events and keep-alive comments share the writer.
 	var mu sync.Mutex

@@ -48,10 +48,12 @@ type Server struct {
 	handler   http.Handler
 	heartbeat time.Duration // keep-alive spacing on event streams
 
-	limit    rate.Limit
-	burst    int
-	mu       sync.Mutex
-	limiters map[string]*limiterEntry
+	limit     rate.Limit
+	burst     int
+	mu        sync.Mutex
+	limiters  map[string]*limiterEntry
+	lastSweep time.Time
+	waiters   map[string]int // open long-polls and event streams per caller
 
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
@@ -70,7 +72,7 @@ func New(svc *agentotp.Service, opts Options) *Server {
 	}
 	s := &Server{
 		svc: svc, log: opts.Logger, publicURL: strings.TrimRight(opts.PublicURL, "/"), version: opts.Version,
-		mux: http.NewServeMux(), limiters: map[string]*limiterEntry{}, registry: opts.Registry,
+		mux: http.NewServeMux(), limiters: map[string]*limiterEntry{}, waiters: map[string]int{}, registry: opts.Registry,
 		heartbeat: sseHeartbeat,
 	}
 	if s.log == nil {
@@ -180,7 +182,7 @@ func (s *Server) auth(need role, h handlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		key, ok := bearer(r.Header.Get("Authorization"))
 		if !ok {
-			if !s.allow(w, "ip:"+clientIP(r)) {
+			if !s.allow(w, limitKey(r)) {
 				return
 			}
 			writeError(w, agentotp.Errorf(agentotp.CodeUnauthorized, "missing API key: send Authorization: Bearer <key>"))
@@ -189,7 +191,7 @@ func (s *Server) auth(need role, h handlerFunc) http.Handler {
 		p, err := s.svc.Authenticate(r.Context(), key)
 		if err != nil {
 			// Failed keys are limited per client address (threat A8).
-			if agentotp.ErrorCode(err) == agentotp.CodeUnauthorized && !s.allow(w, "ip:"+clientIP(r)) {
+			if agentotp.ErrorCode(err) == agentotp.CodeUnauthorized && !s.allow(w, limitKey(r)) {
 				return
 			}
 			s.fail(w, r, err)
@@ -244,6 +246,18 @@ func forbidden(need role) error {
 	return agentotp.Errorf(agentotp.CodeForbidden, "admin role required")
 }
 
+// Bounds on the limiter table: idle entries are swept at most every 10 s
+// once it holds maxLimiters; past hardLimiters the per-address entries are
+// dropped wholesale, so a flood of distinct addresses cannot grow memory or
+// make every request scan a huge map.
+const (
+	maxLimiters  = 10_000
+	hardLimiters = 100_000
+	// MaxWaiters bounds the long-polls and event streams one caller may
+	// hold open at once.
+	MaxWaiters = 32
+)
+
 // allow applies the token-bucket limit for key, answering 429 with
 // Retry-After when it is exhausted.
 func (s *Server) allow(w http.ResponseWriter, key string) bool {
@@ -254,13 +268,7 @@ func (s *Server) allow(w http.ResponseWriter, key string) bool {
 	s.mu.Lock()
 	e := s.limiters[key]
 	if e == nil {
-		if len(s.limiters) > 10000 {
-			for k, v := range s.limiters {
-				if now.Sub(v.seen) > 10*time.Minute {
-					delete(s.limiters, k)
-				}
-			}
-		}
+		s.sweepLimiters(now)
 		e = &limiterEntry{lim: rate.NewLimiter(s.limit, s.burst)}
 		s.limiters[key] = e
 	}
@@ -277,12 +285,64 @@ func (s *Server) allow(w http.ResponseWriter, key string) bool {
 	return true
 }
 
+// sweepLimiters runs under s.mu: at most every 10 s once the table is big,
+// and at once when it is full.
+func (s *Server) sweepLimiters(now time.Time) {
+	full := len(s.limiters) >= hardLimiters
+	due := len(s.limiters) >= maxLimiters && now.Sub(s.lastSweep) >= 10*time.Second
+	if !full && !due {
+		return
+	}
+	s.lastSweep = now
+	for k, v := range s.limiters {
+		if now.Sub(v.seen) > 10*time.Minute {
+			delete(s.limiters, k)
+		}
+	}
+	if len(s.limiters) >= hardLimiters {
+		for k := range s.limiters {
+			if strings.HasPrefix(k, "ip:") {
+				delete(s.limiters, k)
+			}
+		}
+	}
+}
+
+// holdWaiter reserves one of the caller's long-poll slots; release frees it.
+func (s *Server) holdWaiter(p agentotp.Principal) (release func(), ok bool) {
+	kind, id := p.Actor()
+	key := kind + ":" + id
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.waiters[key] >= MaxWaiters {
+		return nil, false
+	}
+	s.waiters[key]++
+	return func() {
+		s.mu.Lock()
+		if s.waiters[key]--; s.waiters[key] <= 0 {
+			delete(s.waiters, key)
+		}
+		s.mu.Unlock()
+	}, true
+}
+
 func clientIP(r *http.Request) string {
 	host, _, err := net.SplitHostPort(r.RemoteAddr)
 	if err != nil {
 		return r.RemoteAddr
 	}
 	return host
+}
+
+// limitKey is the rate-limit bucket of an unauthenticated client: its
+// address, or its /64 for IPv6, where one host easily owns a whole /64.
+func limitKey(r *http.Request) string {
+	ip := net.ParseIP(clientIP(r))
+	if ip != nil && ip.To4() == nil {
+		return "ip:" + ip.Mask(net.CIDRMask(64, 128)).String() + "/64"
+	}
+	return "ip:" + clientIP(r)
 }
 
 // fail writes err; internal errors are logged once here with the request id.

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -247,4 +248,29 @@ func TestEventsHeartbeat(t *testing.T) {
 		}
 	}
 	t.Fatal("no keep-alive comment on an idle stream")
+}
+
+// TestWaiterCap: one key cannot hold more than MaxWaiters long-polls open.
+func TestWaiterCap(t *testing.T) {
+	e := newTestServer(t)
+	agent := e.createAgent("hoarder")
+	p := e.pending(agent.Key, "needs.human")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	for range httpapi.MaxWaiters {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _ = e.try(ctx, "GET", "/api/v1/permissions/"+p.ID+"?wait=30s", agent.Key, nil)
+		}()
+	}
+	api := e.srv.Config.Handler.(*httpapi.Server)
+	require.Eventually(t, func() bool { return api.OpenWaits() == httpapi.MaxWaiters }, 10*time.Second, 10*time.Millisecond)
+	e.do("GET", "/api/v1/permissions/"+p.ID+"?wait=1s", agent.Key, nil).fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+	e.do("GET", "/api/v1/permissions/"+p.ID+"/events", agent.Key, nil).fail(t, http.StatusTooManyRequests, "RATE_LIMITED")
+	// A plain read (no wait) is not a waiter.
+	e.do("GET", "/api/v1/permissions/"+p.ID, agent.Key, nil).data(t, http.StatusOK, nil)
+	cancel()
+	wg.Wait()
 }
