@@ -15,6 +15,11 @@ import (
 // The token is not part of the answer: only the requesting agent receives it.
 func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in DecideInput) (*Permission, error) {
 	if p.IsAgent() || !p.Role().CanDecide() {
+		// An agent trying to decide its own request is the self-approval
+		// the v0.1.1 API allowed (threat B2): refuse it and keep a record.
+		if perm, err := s.load(ctx, p, id); err == nil {
+			s.recordRefusal(ctx, p, perm, in, "agents cannot decide requests")
+		}
 		return nil, errDecideForbidden
 	}
 	if len(in.Reason) > MaxReasonLen || !validText(in.Reason) {
@@ -33,6 +38,7 @@ func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in D
 		return nil, err
 	}
 	if err := s.mayApprove(p, perm); err != nil {
+		s.recordRefusal(ctx, p, perm, in, "not an approver named by the rule")
 		return nil, err
 	}
 	if err := CheckNarrowing("scopeModifications", perm.GrantedScope, in.ScopeModifications); err != nil {
@@ -148,6 +154,21 @@ func (s *Service) vote(ctx context.Context, tx Tx, p Principal, cur *Permission,
 	return false, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventVote, now, map[string]any{
 		"approvals": n, "quorum": cur.Decision.Quorum, "reason": in.Reason,
 	}), cur))
+}
+
+// recordRefusal audits a decision attempt by someone not allowed to make it
+// (threats B1, B2). Failing to record it is logged, not returned: the
+// caller is refused either way.
+func (s *Service) recordRefusal(ctx context.Context, p Principal, perm *Permission, in DecideInput, why string) {
+	now := s.clock()
+	err := s.store.Update(ctx, func(tx Tx) error {
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventDecideRejected, now, map[string]any{
+			"approved": in.Approved, "reason": why,
+		}), perm))
+	})
+	if err != nil {
+		s.log.Error("audit refused decision", "permission", perm.ID, "err", err)
+	}
 }
 
 // mayApprove applies a rule's approver list: user names or roles.

@@ -617,3 +617,33 @@ func TestObjectSizeBound(t *testing.T) {
 	ok := agentotp.PermissionRequest{Action: "x", Scope: map[string]any{"blob": strings.Repeat("x", 60<<10)}}
 	require.NoError(t, ok.Validate())
 }
+
+// TestRefusedDecisionsAreAudited: an agent approving its own request and a
+// user outside the rule's approver list are refused, and both attempts are
+// in the audit (threats B1, B2).
+func TestRefusedDecisionsAreAudited(t *testing.T) {
+	f := newFixture(t, func(o *agentotp.Options) {
+		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+			return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Approvers: []string{"alice"}}, nil
+		})
+	})
+	a := f.agent("a")
+	f.approver("alice")
+	bob := f.approver("bob")
+	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	_, err = f.svc.Decide(f.ctx, a, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+	_, err = f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
+	require.ErrorIs(t, err, agentotp.ErrForbidden)
+	list, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: perm.ID, Ascending: true})
+	require.NoError(t, err)
+	require.Len(t, list, 3)
+	require.Equal(t, agentotp.EventDecideRejected, list[1].Type)
+	require.Equal(t, "agent", list[1].ActorType)
+	require.Equal(t, agentotp.EventDecideRejected, list[2].Type)
+	require.Equal(t, string(bob.User.ID), list[2].ActorID)
+	got, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, got.Status)
+}

@@ -123,11 +123,12 @@ func TestRoleMatrix(t *testing.T) {
 		e.do("POST", "/api/v1/permissions/"+pend.ID+"/revoke", approver.Key, nil).fail(t, http.StatusForbidden, "FORBIDDEN")
 	})
 
-	// Nothing above changed the permission.
+	// Nothing above changed the permission; the agent's attempt to decide
+	// its own request is on record (B2).
 	var p permView
 	e.do("GET", "/api/v1/permissions/"+pend.ID, agent.Key, nil).data(t, http.StatusOK, &p)
 	require.Equal(t, "pending", p.Status)
-	require.Equal(t, []string{"request"}, eventTypes(e.auditOf(pend.ID)))
+	require.Equal(t, []string{"request", "decide_rejected"}, eventTypes(e.auditOf(pend.ID)))
 
 	t.Run("approver lists approvals and decides", func(t *testing.T) {
 		var list []permView
@@ -144,9 +145,9 @@ func TestRoleMatrix(t *testing.T) {
 		e.decide(approver.Key, pend.ID, true, "ok").data(t, http.StatusOK, &d)
 		require.Equal(t, "approved", d.Status)
 		ev := e.auditOf(pend.ID)
-		require.Equal(t, []string{"request", "approve"}, eventTypes(ev))
-		require.Equal(t, "user", ev[1].ActorType)
-		require.Equal(t, approver.ID, ev[1].ActorID)
+		require.Equal(t, []string{"request", "decide_rejected", "approve"}, eventTypes(ev))
+		require.Equal(t, "user", ev[2].ActorType)
+		require.Equal(t, approver.ID, ev[2].ActorID)
 	})
 
 	t.Run("admin may do everything staff may", func(t *testing.T) {

@@ -209,7 +209,7 @@ func TestServeSeedFlow(t *testing.T) {
 		require.NotContains(t, out, secret)
 	}
 	lines := strings.Split(strings.TrimSpace(out), "\n")
-	require.Len(t, lines, 7) // user_create, agent_create, request, approve, token_issue, use, use_rejected
+	require.Len(t, lines, 8) // user_create, agent_create, request, approve, token_issue, use, use_rejected, decide_rejected
 	for _, l := range lines {
 		require.True(t, json.Valid([]byte(l)), l)
 	}
