@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -17,6 +18,21 @@ func requireAdmin(p Principal) error {
 func validName(field, s string) error {
 	if s == "" || len(s) > MaxNameLen || !validText(s) {
 		return ValidationError(field, "must be 1-255 bytes of printable text")
+	}
+	return nil
+}
+
+// validPrincipalName also refuses names shaped like ids: policies name
+// agents and approvers by name or id, so an agent called "agt_…" could
+// otherwise inherit another agent's rules.
+func validPrincipalName(s string) error {
+	if err := validName("name", s); err != nil {
+		return err
+	}
+	for _, prefix := range []string{AgentIDPrefix, UserIDPrefix, PolicyIDPrefix, PermissionIDPrefix, EventIDPrefix} {
+		if strings.HasPrefix(s, prefix) {
+			return ValidationError("name", "must not start with an id prefix such as "+prefix)
+		}
 	}
 	return nil
 }
@@ -48,7 +64,7 @@ func (s *Service) CreateAgent(ctx context.Context, p Principal, in AgentInput) (
 	if err := requireAdmin(p); err != nil {
 		return nil, "", err
 	}
-	if err := validName("name", in.Name); err != nil {
+	if err := validPrincipalName(in.Name); err != nil {
 		return nil, "", err
 	}
 	if err := validDescription(in.Description); err != nil {
@@ -104,7 +120,7 @@ func (s *Service) UpdateAgent(ctx context.Context, p Principal, id AgentID, patc
 	}
 	changes := map[string]any{}
 	if patch.Name != nil {
-		if err := validName("name", *patch.Name); err != nil {
+		if err := validPrincipalName(*patch.Name); err != nil {
 			return nil, err
 		}
 		changes["name"] = *patch.Name
@@ -216,7 +232,7 @@ type UserPatch struct {
 
 func validUser(name *string, role *Role, tg *int64) error {
 	if name != nil {
-		if err := validName("name", *name); err != nil {
+		if err := validPrincipalName(*name); err != nil {
 			return err
 		}
 	}

@@ -647,3 +647,15 @@ func TestRefusedDecisionsAreAudited(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, agentotp.StatusPending, got.Status)
 }
+
+func TestNamesShapedLikeIDsRefused(t *testing.T) {
+	f := newFixture(t)
+	victim := f.agent("victim")
+	_, _, err := f.svc.CreateAgent(f.ctx, f.admin, agentotp.AgentInput{Name: string(victim.Agent.ID)})
+	require.ErrorIs(t, err, agentotp.ErrValidation)
+	_, _, err = f.svc.CreateUser(f.ctx, f.admin, agentotp.UserInput{Name: "usr_x", Role: agentotp.RoleApprover})
+	require.ErrorIs(t, err, agentotp.ErrValidation)
+	name := "agt_lookalike"
+	_, err = f.svc.UpdateAgent(f.ctx, f.admin, victim.Agent.ID, agentotp.AgentPatch{Name: &name})
+	require.ErrorIs(t, err, agentotp.ErrValidation)
+}

@@ -405,3 +405,19 @@ func TestRestartBetweenApprovalAndDelivery(t *testing.T) {
 	_, u := call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token})
 	require.Equal(t, true, u["success"])
 }
+
+// TestLocalAdminKeyFromEnvDoesNotRotate: a local admin command signs in
+// with AGENTOTP_ADMIN_KEY but never makes it the stored admin key.
+func TestLocalAdminKeyFromEnvDoesNotRotate(t *testing.T) {
+	withEnv(t, nil)
+	dir := t.TempDir()
+	code, _, errs := run(t, "agents", "list", "--data", dir) // bootstraps admin.key
+	require.Equal(t, 0, code, errs)
+	withEnv(t, map[string]string{"AGENTOTP_ADMIN_KEY": "uk_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"})
+	code, _, errs = run(t, "agents", "list", "--data", dir)
+	require.Equal(t, 1, code)
+	require.Contains(t, errs, "invalid API key")
+	withEnv(t, nil)
+	code, _, errs = run(t, "agents", "list", "--data", dir)
+	require.Equal(t, 0, code, "the stored key still works: %s", errs)
+}

@@ -48,8 +48,11 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (a
 		fmt.Fprintln(stderr, "agentotp:", err)
 		return nil, 1
 	}
+	// A key from the environment is only used to sign in here: making it
+	// the bootstrap admin's key is `serve`'s job, and a typo must not
+	// silently rotate it. The key file is the bootstrap's own.
 	key, fresh, err := adminKey(cfg)
-	if err == nil {
+	if err == nil && cfg.AdminKey == "" {
 		_, err = a.svc.EnsureAdmin(ctx, key)
 	}
 	if err != nil {
