@@ -168,7 +168,9 @@ func TestWaitForDecisionByID(t *testing.T) {
 	ctx := context.Background()
 	p, err := c.RequestPermission(ctx, otpclient.Request{Action: "human.later"})
 	require.NoError(t, err)
-	time.AfterFunc(100*time.Millisecond, func() { e.decide(p.ID, otpclient.Decision{Approved: true}) })
+	decided := make(chan struct{})
+	time.AfterFunc(100*time.Millisecond, func() { defer close(decided); e.decide(p.ID, otpclient.Decision{Approved: true}) })
+	defer func() { <-decided }()
 	got, err := c.WaitForDecision(ctx, p.ID)
 	require.NoError(t, err)
 	require.True(t, got.Approved())
@@ -510,11 +512,15 @@ func TestDo(t *testing.T) {
 			var runs atomic.Int32
 			var seen agentotp.Secret
 			opts := []otpclient.RequestOption{otpclient.UseDetails(map[string]any{"n": 1})}
+			decided := make(chan struct{})
 			if tt.decide != nil {
 				opts = append(opts, otpclient.OnPending(func(p *otpclient.Permission) {
 					d := *tt.decide
-					time.AfterFunc(50*time.Millisecond, func() { e.decide(p.ID, d) })
+					time.AfterFunc(50*time.Millisecond, func() { defer close(decided); e.decide(p.ID, d) })
 				}))
+				// The decider's answer may still be on the wire when Do
+				// returns: let it land before the server shuts down.
+				defer func() { <-decided }()
 			}
 			cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 			defer cancel()
