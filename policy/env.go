@@ -41,7 +41,7 @@ var (
 type reqObj struct {
 	action, resource lazyStr
 	scope, context   lazyMap
-	agent            ref.Val // objVal[agentObj]
+	agent            ref.Val // *objVal[agentObj]
 	agentPtr         *agentObj
 }
 
@@ -89,30 +89,31 @@ type localObj struct {
 	date, zone                              string
 }
 
-// objVal gives the Go objects above the ref.Val methods CEL needs.
+// objVal gives the Go objects above the ref.Val methods CEL needs. It is
+// used by pointer, so that handing one to CEL does not allocate.
 type objVal[T any] struct {
 	v   *T
 	typ *types.Type
 }
 
-func (o objVal[T]) ConvertToNative(reflect.Type) (any, error) {
+func (o *objVal[T]) ConvertToNative(reflect.Type) (any, error) {
 	return nil, fmt.Errorf("%s cannot be converted to a native value", o.typ.TypeName())
 }
 
-func (o objVal[T]) ConvertToType(t ref.Type) ref.Val {
+func (o *objVal[T]) ConvertToType(t ref.Type) ref.Val {
 	if t == types.TypeType {
 		return o.typ
 	}
 	return types.NewErr("type conversion error from '%s' to '%s'", o.typ.TypeName(), t.TypeName())
 }
 
-func (o objVal[T]) Equal(other ref.Val) ref.Val {
-	x, ok := other.(objVal[T])
+func (o *objVal[T]) Equal(other ref.Val) ref.Val {
+	x, ok := other.(*objVal[T])
 	return types.Bool(ok && x.v == o.v)
 }
 
-func (o objVal[T]) Type() ref.Type { return o.typ }
-func (o objVal[T]) Value() any     { return o.v }
+func (o *objVal[T]) Type() ref.Type { return o.typ }
+func (o *objVal[T]) Value() any     { return o.v }
 
 type field struct {
 	typ *types.Type
@@ -199,11 +200,11 @@ func (p *provider) NewValue(name string, fields map[string]ref.Val) ref.Val {
 func (p *provider) NativeToValue(v any) ref.Val {
 	switch x := v.(type) {
 	case *reqObj:
-		return objVal[reqObj]{x, requestType}
+		return &objVal[reqObj]{x, requestType}
 	case *toolObj:
-		return objVal[toolObj]{x, toolType}
+		return &objVal[toolObj]{x, toolType}
 	case *localObj:
-		return objVal[localObj]{x, localType}
+		return &objVal[localObj]{x, localType}
 	}
 	return p.Adapter.NativeToValue(v)
 }

@@ -6,7 +6,9 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/google/cel-go/cel"
@@ -277,4 +279,61 @@ func fpDump(in agentotp.EvalInput) string {
 		fmt.Fprintf(&b, " tool=%#v", *in.Tool)
 	}
 	return b.String()
+}
+
+// TestEvaluateConcurrent: pooled activations never leak one request into
+// another. Many goroutines decide different requests against one set and
+// must get the decisions a sequential run gives.
+func TestEvaluateConcurrent(t *testing.T) {
+	s := compileYAML(t, benchRules(100)+`- name: by-name
+  priority: 100
+  agent: special
+  when: request.scope.?amount.orValue(0) > 3.0 && local.hour >= 0 && tool.name == "" && size(args) == 0
+  action: deny
+`)
+	r := rand.New(rand.NewPCG(5, 6))
+	type job struct {
+		in   agentotp.EvalInput
+		want agentotp.Decision
+	}
+	var jobs []job
+	for range 200 {
+		name := []string{"special", "bench", "other"}[r.IntN(3)]
+		in := agentotp.EvalInput{
+			Agent:  &agentotp.Agent{ID: agentotp.AgentID(fmt.Sprintf("agt_%d", r.IntN(5))), Name: name, Metadata: map[string]any{"tier": fmt.Sprintf("gold-%d", r.IntN(8))}},
+			Action: fmt.Sprintf("svc%d.op%d", r.IntN(4), r.IntN(10)), Resource: []string{"doc:1", "blocked"}[r.IntN(2)],
+			Scope:   map[string]any{"amount": float64(r.IntN(60)), "currency": []string{"USD", "EUR", "GBP"}[r.IntN(3)], "flag": r.IntN(2) == 0},
+			Context: map[string]any{"recipient": fmt.Sprintf("bob@corp%d.example", r.IntN(100))},
+			Now:     t0,
+		}
+		d, err := s.Evaluate(context.Background(), in)
+		require.NoError(t, err)
+		jobs = append(jobs, job{in, d})
+	}
+	var wg sync.WaitGroup
+	errs := make(chan string, 8)
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range 2000 {
+				j := jobs[(g*7919+k*31)%len(jobs)]
+				d, err := s.Evaluate(context.Background(), j.in)
+				if err != nil || !reflect.DeepEqual(d, j.want) {
+					errs <- fmt.Sprintf("got %+v, %v; want %+v", d, err, j.want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatal(e)
+	}
+	rules := map[string]bool{}
+	for _, j := range jobs {
+		rules[j.want.Rule] = true
+	}
+	require.Greater(t, len(rules), 3, "the requests should reach several rules")
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/cel-go/cel"
@@ -215,6 +216,7 @@ func (s *Set) candidates(action string, buf []int32) []int32 {
 // values are built once per decision, lazily.
 type activation struct {
 	in     *agentotp.EvalInput
+	inV    agentotp.EvalInput // Evaluate's copy of the input (in points here)
 	set    *Set
 	ctx    context.Context
 	reqObj *reqObj
@@ -226,6 +228,20 @@ type activation struct {
 	toolV  ref.Val
 	args   ref.Val
 	budget *budgetVal
+	mem    actMem
+}
+
+// actMem holds the objects of one decision, allocated with the activation
+// in one piece and handed to CEL by pointer (so without boxing).
+type actMem struct {
+	req    reqObj
+	agent  agentObj
+	reqV   objVal[reqObj]
+	agentV objVal[agentObj]
+	local  localObj
+	localV objVal[localObj]
+	tool   toolObj
+	toolV  objVal[toolObj]
 }
 
 var emptyMap = types.DefaultTypeAdapter.NativeToValue(map[string]any{})
@@ -237,39 +253,30 @@ func jsonVal(m map[string]any) ref.Val {
 	return types.DefaultTypeAdapter.NativeToValue(m)
 }
 
-// reqAlloc allocates a request's objects together.
-type reqAlloc struct {
-	req   reqObj
-	agent agentObj
-}
-
-func newRequest(in *agentotp.EvalInput) *reqObj {
-	a := &reqAlloc{}
-	a.req = reqObj{action: lazyStr{s: in.Action}, resource: lazyStr{s: in.Resource}, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
-	if in.Agent != nil {
-		a.agent = agentObj{id: lazyStr{s: string(in.Agent.ID)}, name: lazyStr{s: in.Agent.Name}, metadata: lazyMap{raw: in.Agent.Metadata}}
-	}
-	a.req.agentPtr = &a.agent
-	a.req.agent = objVal[agentObj]{&a.agent, agentType}
-	return &a.req
-}
-
 // request is the request object, built at its first use.
 func (a *activation) request() *reqObj {
 	if a.reqObj == nil {
-		a.reqObj = newRequest(a.in)
+		in, m := a.in, &a.mem
+		m.req = reqObj{action: lazyStr{s: in.Action}, resource: lazyStr{s: in.Resource}, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
+		if in.Agent != nil {
+			m.agent = agentObj{id: lazyStr{s: string(in.Agent.ID)}, name: lazyStr{s: in.Agent.Name}, metadata: lazyMap{raw: in.Agent.Metadata}}
+		}
+		m.agentV = objVal[agentObj]{&m.agent, agentType}
+		m.req.agentPtr = &m.agent
+		m.req.agent = &m.agentV
+		a.reqObj = &m.req
 	}
 	return a.reqObj
 }
 
 func (r *reqObj) agentObj() *agentObj { return r.agentPtr }
 
-func newLocal(now time.Time, loc *time.Location) *localObj {
+func newLocal(now time.Time, loc *time.Location) localObj {
 	if loc == nil {
 		loc = time.UTC
 	}
 	t := now.In(loc)
-	return &localObj{
+	return localObj{
 		hour: int64(t.Hour()), minute: int64(t.Minute()), weekday: int64(t.Weekday()),
 		day: int64(t.Day()), month: int64(t.Month()), year: int64(t.Year()),
 		date: t.Format(time.DateOnly), zone: loc.String(),
@@ -280,7 +287,8 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	switch name {
 	case "request":
 		if a.req == nil {
-			a.req = objVal[reqObj]{a.request(), requestType}
+			a.mem.reqV = objVal[reqObj]{a.request(), requestType}
+			a.req = &a.mem.reqV
 		}
 		return a.req, true
 	case "now":
@@ -290,17 +298,18 @@ func (a *activation) ResolveName(name string) (any, bool) {
 		return a.now, true
 	case "local":
 		if a.localV == nil {
-			a.local = newLocal(a.in.Now, a.set.settings.Location)
-			a.localV = objVal[localObj]{a.local, localType}
+			a.mem.local = newLocal(a.in.Now, a.set.settings.Location)
+			a.mem.localV = objVal[localObj]{&a.mem.local, localType}
+			a.local, a.localV = &a.mem.local, &a.mem.localV
 		}
 		return a.localV, true
 	case "tool":
 		if a.toolV == nil {
-			a.tool = &toolObj{}
 			if t := a.in.Tool; t != nil {
-				a.tool = &toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: lazyMap{raw: t.Annotations}}
+				a.mem.tool = toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: lazyMap{raw: t.Annotations}}
 			}
-			a.toolV = objVal[toolObj]{a.tool, toolType}
+			a.mem.toolV = objVal[toolObj]{&a.mem.tool, toolType}
+			a.tool, a.toolV = &a.mem.tool, &a.mem.toolV
 		}
 		return a.toolV, true
 	case "args":
@@ -330,19 +339,34 @@ func (a *activation) Parent() interpreter.Activation { return nil }
 // closed: the Decision is a deny naming the rule, and the error is
 // returned (the service denies and audits it) — never an approval.
 func (s *Set) Evaluate(ctx context.Context, in agentotp.EvalInput) (agentotp.Decision, error) {
+	act := actPool.Get().(*activation)
+	act.inV, act.set, act.ctx = in, s, ctx
+	act.in = &act.inV
+	d, err := s.evaluate(act)
+	*act = activation{} // drop every reference to this request
+	actPool.Put(act)
+	return d, err
+}
+
+// actPool recycles activations: a decision's per-request objects are one
+// activation, and nothing keeps a reference to it once Evaluate returns
+// (CEL results are plain values; decisions copy what they need).
+var actPool = sync.Pool{New: func() any { return new(activation) }}
+
+func (s *Set) evaluate(act *activation) (agentotp.Decision, error) {
+	in := act.in
 	var buf [32]int32
 	cands := s.candidates(in.Action, buf[:0])
-	act := activation{in: &in, set: s, ctx: ctx}
 	for _, i := range cands {
 		r := s.rules[i]
 		if r.agent != "" && (in.Agent == nil || (r.agent != in.Agent.Name && r.agent != string(in.Agent.ID))) {
 			continue
 		}
-		if !r.matchConds(&act) {
+		if !r.matchConds(act) {
 			continue
 		}
 		if r.prg != nil {
-			v, _, err := r.prg.Eval(&act)
+			v, _, err := r.prg.Eval(act)
 			if err != nil {
 				return s.failClosed(r, err)
 			}
@@ -354,7 +378,7 @@ func (s *Set) Evaluate(ctx context.Context, in agentotp.EvalInput) (agentotp.Dec
 				continue
 			}
 		}
-		return s.decide(r, &in), nil
+		return s.decide(r, in), nil
 	}
 	eff := effectiveDefault(s.settings)
 	return agentotp.Decision{Effect: eff, PolicyVersion: s.version, Reason: defaultReason(eff)}, nil
