@@ -81,6 +81,14 @@ func newEnv(t *testing.T) *env {
 func (e *env) client() *otpclient.Client { return otpclient.New(e.url, e.key.Reveal()) }
 
 // decideWhenPending answers the first pending request for action.
+// decideAsync decides in the background, like a human would, and makes the
+// test wait for that answer to land before the server shuts down.
+func (e *env) decideAsync(t *testing.T, action string, d otpclient.Decision) {
+	done := make(chan struct{})
+	go func() { defer close(done); e.decideWhenPending(t, action, d) }()
+	t.Cleanup(func() { <-done })
+}
+
 func (e *env) decideWhenPending(t *testing.T, action string, d otpclient.Decision) {
 	for range 500 {
 		list, _, err := e.admin.Approvals(context.Background(), agentotp.StatusPending, otpclient.ListOptions{Limit: 100})
@@ -162,7 +170,7 @@ func TestAgentRun(t *testing.T) {
 			guarded := tools.GuardAll([]lctools.Tool{inner}, client, tools.WithAction("mail.%s"), tools.WithWait(10*time.Second))
 			ex := agents.NewExecutor(agents.NewOneShotAgent(llm, guarded), agents.WithMaxIterations(3),
 				agents.WithReturnIntermediateSteps())
-			go e.decideWhenPending(t, "mail.send_email", tt.decision)
+			e.decideAsync(t, "mail.send_email", tt.decision)
 
 			out, err := chains.Call(context.Background(), ex, map[string]any{"input": "email bob"})
 			require.NoError(t, err, "a denial must not abort the run")
@@ -259,7 +267,7 @@ func TestGuard(t *testing.T) {
 				g := tools.Guard(inner, auth, tt.opts...)
 				require.Equal(t, "send", g.Name())
 				if tt.decide != nil {
-					go e.decideWhenPending(t, actionOf(tt.opts), *tt.decide)
+					e.decideAsync(t, actionOf(tt.opts), *tt.decide)
 				}
 				out, err := g.Call(ctx, tt.input)
 				if tt.wantErr != nil {

@@ -587,7 +587,9 @@ func TestAuthorizeSpendMatchesAgentSession(t *testing.T) {
 			require.Empty(t, tok)
 			require.False(t, p.ExpiresAt().IsZero())
 
-			go e.approveWhenPending(t, "human.approve-"+name)
+			approved := make(chan struct{})
+			go func() { defer close(approved); e.approveWhenPending(t, "human.approve-"+name) }()
+			t.Cleanup(func() { <-approved })
 			p, tok, err = a.Authorize(ctx, agentotp.PermissionRequest{Action: "human.approve-" + name}, 10*time.Second)
 			require.NoError(t, err)
 			require.Equal(t, agentotp.StatusApproved, p.Status)
