@@ -40,19 +40,19 @@ var (
 // asserted action, resource, scope and context.
 type reqObj struct {
 	action, resource lazyStr
-	scope, context   lazyMap
+	scope, context   jsonObj
 	agent            ref.Val // *objVal[agentObj]
 	agentPtr         *agentObj
 }
 
 type agentObj struct {
 	id, name lazyStr
-	metadata lazyMap
+	metadata jsonObj
 }
 
 type toolObj struct {
 	server, name lazyStr
-	annotations  lazyMap
+	annotations  jsonObj
 }
 
 // lazyStr boxes a string field as a CEL value once, at its first use
@@ -69,17 +69,20 @@ func (l *lazyStr) get() ref.Val {
 	return l.val
 }
 
-// lazyMap converts a JSON object to CEL at its first use only.
-type lazyMap struct {
+// jsonObj is a JSON object field. CEL gets the Go map itself: its field
+// selection (request.scope.amount, .?amount, has()) looks keys up in a
+// map[string]any directly and converts only the value it reaches, where a
+// CEL map would be built first; used as a whole value, the map is
+// converted as jsonVal does. A nil map is the empty object.
+type jsonObj struct {
 	raw map[string]any
-	val ref.Val
 }
 
-func (m *lazyMap) get() ref.Val {
-	if m.val == nil {
-		m.val = jsonVal(m.raw)
+func (m *jsonObj) get() any {
+	if m.raw == nil {
+		return emptyMap
 	}
-	return m.val
+	return m.raw
 }
 
 // localObj is `local`: now in the configured time zone, computed in Go

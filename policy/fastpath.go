@@ -46,7 +46,7 @@ const (
 // condMatcher is one condition path with its operators, all ANDed.
 type condMatcher struct {
 	root rootKind
-	keys []ref.Val // walk of a JSON root (types.String)
+	keys []string // walk of a JSON root
 	ops  []opMatcher
 }
 
@@ -167,9 +167,7 @@ func compileMatcher(c condSpec) (*condMatcher, error) {
 		return nil, err
 	}
 	m := &condMatcher{root: root}
-	for _, k := range keys {
-		m.keys = append(m.keys, types.String(k))
-	}
+	m.keys = keys
 	for _, o := range c.ops {
 		var om opMatcher
 		if !root.isString() {
@@ -338,21 +336,31 @@ func isAnyStar(r *syntax.Regexp) bool {
 	return r.Op == syntax.OpStar && len(r.Sub) == 1 && (r.Sub[0].Op == syntax.OpAnyCharNotNL || r.Sub[0].Op == syntax.OpAnyChar)
 }
 
-// lookupKeys is lookup (operators.go) with the keys already CEL strings.
-func lookupKeys(root ref.Val, keys []ref.Val) (ref.Val, bool) {
+// lookupKeys is lookup (operators.go) on the Go values: it walks
+// map[string]any directly and converts only the value it reaches. Any
+// other value on the way is converted to CEL and walked as lookup does.
+func lookupKeys(root any, keys []string) (ref.Val, bool) {
 	cur := root
 	for _, k := range keys {
-		m, ok := cur.(traits.Mapper)
+		if m, ok := cur.(map[string]any); ok {
+			v, found := m[k]
+			if !found {
+				return nil, false
+			}
+			cur = v
+			continue
+		}
+		m, ok := types.DefaultTypeAdapter.NativeToValue(cur).(traits.Mapper)
 		if !ok {
 			return nil, false
 		}
-		v, found := m.Find(k)
+		v, found := m.Find(types.String(k))
 		if !found {
 			return nil, false
 		}
 		cur = v
 	}
-	return cur, true
+	return types.DefaultTypeAdapter.NativeToValue(cur), true
 }
 
 // stringRoot is the value of a string root for this request.
@@ -383,8 +391,8 @@ func (a *activation) stringRoot(k rootKind) string {
 	return ""
 }
 
-// jsonRoot is the CEL value of a JSON root, shared with the CEL path.
-func (a *activation) jsonRoot(k rootKind) ref.Val {
+// jsonRoot is a JSON root as the CEL path sees it (see jsonObj).
+func (a *activation) jsonRoot(k rootKind) any {
 	switch k {
 	case rootScope:
 		return a.request().scope.get()
@@ -394,7 +402,7 @@ func (a *activation) jsonRoot(k rootKind) ref.Val {
 		return a.request().agentObj().metadata.get()
 	case rootArgs:
 		v, _ := a.ResolveName("args")
-		return v.(ref.Val)
+		return v
 	case rootAnnotations:
 		a.ResolveName("tool")
 		return a.tool.annotations.get()

@@ -337,3 +337,48 @@ func TestEvaluateConcurrent(t *testing.T) {
 	}
 	require.Greater(t, len(rules), 3, "the requests should reach several rules")
 }
+
+// TestJSONObjectsInCEL: JSON objects reach CEL as Go maps (jsonObj); every
+// way of using one behaves as a CEL map.
+func TestJSONObjectsInCEL(t *testing.T) {
+	in := agentotp.EvalInput{
+		Action: "a", Agent: &agentotp.Agent{ID: "agt_1", Metadata: map[string]any{"m": map[string]any{"n": 1.0}, "l": []any{"x"}}},
+		Scope:   map[string]any{"a": 1.0, "s": "str", "z": nil, "o": map[string]any{"p": "q"}},
+		Context: map[string]any{}, Now: t0,
+		Tool: &agentotp.ToolCall{Name: "t", Annotations: map[string]any{"ro": true}, Args: map[string]any{"path": "/x"}},
+	}
+	for expr, want := range map[string]any{
+		`request.scope == {"a": 1, "s": "str", "z": null, "o": {"p": "q"}}`:                       true,
+		`request.scope == {"a": 1}`:                                                               false,
+		`size(request.scope) == 4 && size(request.context) == 0`:                                  true,
+		`"a" in request.scope && !("b" in request.scope)`:                                         true,
+		`request.scope.all(k, k != "")`:                                                           true,
+		`request.scope.exists(k, request.scope[k] == "str")`:                                      true,
+		`has(request.scope.a) && !has(request.scope.b) && has(request.scope.z)`:                   true,
+		`request.scope.?a.orValue(0) == 1 && request.scope.?b.orValue(7) == 7`:                    true,
+		`request.scope.?o.?p.orValue("") == "q" && request.scope.?s.?p.orValue("none") == "none"`: true,
+		`request.scope.z == null && request.scope.o.p == "q" && request.scope["s"] == "str"`:      true,
+		`request.agent.metadata.m.n == 1 && request.agent.metadata.l[0] == "x"`:                   true,
+		`type(request.scope) == map && type(request.scope.o) == map`:                              true,
+		`request.context == {} && request.agent.metadata != {}`:                                   true,
+		`tool.annotations.ro && args.path == "/x"`:                                                true,
+		`request.scope.b == 1`:   "no such key: b",
+		`request.scope.s.p == 1`: "no such key",
+		`request.context.x > 1`:  "no such key: x",
+	} {
+		s := compileYAML(t, "- name: r\n  when: '"+strings.ReplaceAll(expr, "'", "''")+"'\n  action: auto_approve\n")
+		d, err := s.Evaluate(context.Background(), in)
+		switch w := want.(type) {
+		case bool:
+			require.NoError(t, err, expr)
+			require.Equal(t, w, d.Rule == "r", expr)
+		case string:
+			require.ErrorContains(t, err, w, expr)
+		}
+	}
+	// A missing object is the empty object.
+	s := compileYAML(t, "- name: r\n  when: 'request.scope == {} && size(request.context) == 0 && !has(request.agent.metadata.x) && tool.annotations == {}'\n  action: auto_approve\n")
+	d, err := s.Evaluate(context.Background(), agentotp.EvalInput{Action: "a", Now: t0})
+	require.NoError(t, err)
+	require.Equal(t, "r", d.Rule)
+}

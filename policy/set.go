@@ -257,9 +257,9 @@ func jsonVal(m map[string]any) ref.Val {
 func (a *activation) request() *reqObj {
 	if a.reqObj == nil {
 		in, m := a.in, &a.mem
-		m.req = reqObj{action: lazyStr{s: in.Action}, resource: lazyStr{s: in.Resource}, scope: lazyMap{raw: in.Scope}, context: lazyMap{raw: in.Context}}
+		m.req = reqObj{action: lazyStr{s: in.Action}, resource: lazyStr{s: in.Resource}, scope: jsonObj{raw: in.Scope}, context: jsonObj{raw: in.Context}}
 		if in.Agent != nil {
-			m.agent = agentObj{id: lazyStr{s: string(in.Agent.ID)}, name: lazyStr{s: in.Agent.Name}, metadata: lazyMap{raw: in.Agent.Metadata}}
+			m.agent = agentObj{id: lazyStr{s: string(in.Agent.ID)}, name: lazyStr{s: in.Agent.Name}, metadata: jsonObj{raw: in.Agent.Metadata}}
 		}
 		m.agentV = objVal[agentObj]{&m.agent, agentType}
 		m.req.agentPtr = &m.agent
@@ -306,7 +306,7 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "tool":
 		if a.toolV == nil {
 			if t := a.in.Tool; t != nil {
-				a.mem.tool = toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: lazyMap{raw: t.Annotations}}
+				a.mem.tool = toolObj{server: lazyStr{s: t.Server}, name: lazyStr{s: t.Name}, annotations: jsonObj{raw: t.Annotations}}
 			}
 			a.mem.toolV = objVal[toolObj]{&a.mem.tool, toolType}
 			a.tool, a.toolV = &a.mem.tool, &a.mem.toolV
