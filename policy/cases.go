@@ -242,11 +242,30 @@ func (m mapCounter) CountPermissions(_ context.Context, _ agentotp.AgentID, patt
 	return m[pattern], nil
 }
 
+// asJSON returns m as encoding/json would decode it (nil stays nil).
+func asJSON(m map[string]any) map[string]any {
+	if m == nil {
+		return nil
+	}
+	data, err := json.Marshal(m)
+	if err != nil {
+		return m
+	}
+	var out map[string]any
+	if json.Unmarshal(data, &out) != nil {
+		return m
+	}
+	return out
+}
+
 // runCase evaluates one case; "" means it passed.
 func runCase(ctx context.Context, set *Set, c Case) string {
+	// The server sees requests decoded from JSON, where every number is a
+	// float64 (a CEL double); YAML would give ints. Decode the case the same
+	// way so that a case decides exactly as the server would.
 	in := agentotp.EvalInput{
-		Action: c.Request.Action, Resource: c.Request.Resource, Scope: c.Request.Scope, Context: c.Request.Context, Now: time.Now(),
-		Agent: &agentotp.Agent{ID: agentotp.AgentID(c.Request.Agent.ID), Name: c.Request.Agent.Name, Metadata: c.Request.Agent.Metadata},
+		Action: c.Request.Action, Resource: c.Request.Resource, Scope: asJSON(c.Request.Scope), Context: asJSON(c.Request.Context), Now: time.Now(),
+		Agent: &agentotp.Agent{ID: agentotp.AgentID(c.Request.Agent.ID), Name: c.Request.Agent.Name, Metadata: asJSON(c.Request.Agent.Metadata)},
 	}
 	if in.Scope == nil {
 		in.Scope = map[string]any{}
@@ -258,7 +277,7 @@ func runCase(ctx context.Context, set *Set, c Case) string {
 		in.Now, _ = time.Parse(time.RFC3339, c.Now)
 	}
 	if t := c.Request.Tool; t != nil {
-		in.Tool = &agentotp.ToolCall{Server: t.Server, Name: t.Name, Annotations: t.Annotations, Args: t.Args}
+		in.Tool = &agentotp.ToolCall{Server: t.Server, Name: t.Name, Annotations: asJSON(t.Annotations), Args: asJSON(t.Args)}
 	}
 	s := *set
 	if c.Counts != nil {
