@@ -460,4 +460,3 @@ func eventTypes(ev []auditView) []string {
 	return out
 }
 
-func intp(n int) *int { return &n }

@@ -131,8 +131,6 @@ func isNumber(v any) bool {
 	return false
 }
 
-var cmpOps = map[string]string{"lessThan": "<", "greaterThan": ">", "lessThanOrEqual": "<=", "greaterThanOrEqual": ">="}
-
 // condCEL compiles one condition path with its operators to CEL with the
 // exact v0.1.1 semantics (seed-api §5):
 //
