@@ -459,4 +459,3 @@ func eventTypes(ev []auditView) []string {
 	}
 	return out
 }
-
