@@ -421,3 +421,24 @@ func TestLocalAdminKeyFromEnvDoesNotRotate(t *testing.T) {
 	code, _, errs = run(t, "agents", "list", "--data", dir)
 	require.Equal(t, 0, code, "the stored key still works: %s", errs)
 }
+
+// TestBench runs the load generator briefly in both modes against a real
+// server: every response is checked, so exit 0 means every cycle was right.
+func TestBench(t *testing.T) {
+	withEnv(t, nil)
+	dir := filepath.Join(t.TempDir(), "data")
+	url, _, _ := startServer(t, "--data", dir, "--rate-limit", "-1")
+	for _, mode := range []string{"auto", "human"} {
+		code, out, errs := run(t, "bench", "--url", url, "--data", dir, "--mode", mode,
+			"--duration", "700ms", "--concurrency", "4", "--agents", "2")
+		require.Equal(t, 0, code, "%s: %s %s", mode, out, errs)
+		require.Regexp(t, `cycles: [1-9]\d* ok, 0 failed`, out)
+	}
+	// The bench cleans up after itself: its agents and its policy are gone,
+	// and the audit chain is whole.
+	code, out, _ := run(t, "agents", "list", "--data", dir)
+	require.Equal(t, 0, code)
+	require.NotContains(t, out, "bench-")
+	code, out, _ = run(t, "audit", "verify", "--data", dir)
+	require.Equal(t, 0, code, out)
+}
