@@ -3,10 +3,13 @@ package httpapi
 import (
 	"fmt"
 	"net/http"
+	"net/http/httptest"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
 )
 
 // TestParseWaitCap: long-polls are capped at 60 s whatever the caller asks
@@ -73,4 +76,26 @@ func TestLimiterTableStaysBounded(t *testing.T) {
 	s.sweepLimiters(now)
 	require.Len(t, s.limiters, 1, "a flood of addresses is dropped; principals keep their buckets")
 	require.Contains(t, s.limiters, "agent:agt_x")
+}
+
+// TestMetricsNeedAdminOffLoopback: /metrics is open to loopback callers
+// only; from elsewhere it needs an admin key.
+func TestMetricsNeedAdminOffLoopback(t *testing.T) {
+	s := New(agentotp.NewService(nil, agentotp.Options{}), Options{})
+	s.ServeHTTP(httptest.NewRecorder(), httptest.NewRequest("GET", "/health", nil)) // one series to show
+	for addr, want := range map[string]int{
+		"127.0.0.1:5000":   http.StatusOK,
+		"[::1]:5000":       http.StatusOK,
+		"203.0.113.5:5000": http.StatusUnauthorized,
+		"[2001:db8::1]:80": http.StatusUnauthorized,
+	} {
+		r := httptest.NewRequest("GET", "/metrics", nil)
+		r.RemoteAddr = addr
+		w := httptest.NewRecorder()
+		s.ServeHTTP(w, r)
+		require.Equal(t, want, w.Code, addr)
+		if want == http.StatusOK {
+			require.Contains(t, w.Body.String(), "agentotp_http_requests_total")
+		}
+	}
 }
