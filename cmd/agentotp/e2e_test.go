@@ -442,3 +442,35 @@ func TestBench(t *testing.T) {
 	code, out, _ = run(t, "audit", "verify", "--data", dir)
 	require.Equal(t, 0, code, out)
 }
+
+// TestServeBudget: a budget counted by the real store stops auto-approval
+// after three gmail.send in the window, against request splitting (B19).
+func TestServeBudget(t *testing.T) {
+	withEnv(t, nil)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "budget.yaml")
+	require.NoError(t, os.WriteFile(pol, []byte(`
+- name: a few emails an hour
+  conditions:
+    action: {equals: gmail.send}
+  when: approvals("gmail.*", duration("1h")) < 3
+  action: auto_approve
+`), 0o600))
+	data := filepath.Join(dir, "data")
+	url, _, _ := startServer(t, "--data", data, "--policies", pol)
+	code, out, _ := run(t, "agents", "create", "mailer", "--data", data)
+	require.Equal(t, 0, code)
+	key := regexp.MustCompile(`ak_\S+`).FindString(out)
+	for i := range 3 {
+		status, _ := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "gmail.send"})
+		require.Equal(t, http.StatusCreated, status, "email %d is within the budget", i+1)
+	}
+	status, body := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "gmail.send"})
+	require.Equal(t, http.StatusAccepted, status, "the fourth asks a human")
+	require.Equal(t, "pending", body["status"])
+	// Another agent has its own budget.
+	code, out, _ = run(t, "agents", "create", "other", "--data", data)
+	require.Equal(t, 0, code)
+	status, _ = call(t, "POST", url+"/api/v1/permissions/request", regexp.MustCompile(`ak_\S+`).FindString(out), map[string]any{"action": "gmail.send"})
+	require.Equal(t, http.StatusCreated, status)
+}
