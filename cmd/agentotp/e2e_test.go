@@ -474,3 +474,39 @@ func TestServeBudget(t *testing.T) {
 	status, _ = call(t, "POST", url+"/api/v1/permissions/request", regexp.MustCompile(`ak_\S+`).FindString(out), map[string]any{"action": "gmail.send"})
 	require.Equal(t, http.StatusCreated, status)
 }
+
+// TestServeUseWhen: a rule's useWhen is checked at every use through the
+// real server: a use for another recipient is refused and spends nothing.
+func TestServeUseWhen(t *testing.T) {
+	withEnv(t, nil)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "mail.yaml")
+	require.NoError(t, os.WriteFile(pol, []byte(`
+- name: one email to the named recipient
+  conditions:
+    action: {equals: gmail.send}
+  action: auto_approve
+  scopeTemplate: {max_emails: 1}
+  useWhen: details.recipient == request.resource.split(":")[1]
+`), 0o600))
+	data := filepath.Join(dir, "data")
+	url, _, _ := startServer(t, "--data", data, "--policies", pol)
+	code, out, _ := run(t, "agents", "create", "mailer", "--data", data)
+	require.Equal(t, 0, code)
+	key := regexp.MustCompile(`ak_\S+`).FindString(out)
+	status, p := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{
+		"action": "gmail.send", "resource": "email:client@example.com", "scope": map[string]any{"max_emails": 5}})
+	require.Equal(t, http.StatusCreated, status)
+	require.Equal(t, map[string]any{"max_emails": 1.0}, p["scope"], "the template narrowed the scope")
+	id, token := p["id"].(string), p["token"].(string)
+	_, u := call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token,
+		"actionDetails": map[string]any{"recipient": "attacker@evil.example", "emails": 1}})
+	require.Equal(t, false, u["success"])
+	require.Contains(t, u["reason"], "refused by policy")
+	_, u = call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token,
+		"actionDetails": map[string]any{"recipient": "client@example.com", "emails": 2}})
+	require.Equal(t, false, u["success"], "two emails exceed the granted max_emails")
+	_, u = call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token,
+		"actionDetails": map[string]any{"recipient": "client@example.com", "emails": 1}})
+	require.Equal(t, true, u["success"])
+}
