@@ -117,11 +117,12 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.handler.S
 
 type role int
 
+// The zero value is the strictest role, so a route registered without
+// thinking about it is admin-only rather than open.
 const (
-	anyone role = iota
+	adminRole role = iota
 	agentRole
 	staffRole // approver or admin
-	adminRole
 	agentOrStaff
 	agentOrAdmin
 )
@@ -235,7 +236,7 @@ func permitted(need role, p agentotp.Principal) bool {
 	case agentOrAdmin:
 		return p.IsAgent() || p.Role() == agentotp.RoleAdmin
 	}
-	return true
+	return false
 }
 
 func forbidden(need role) error {

@@ -101,9 +101,6 @@ func (s *Server) permissionView(p *agentotp.Permission, token agentotp.Secret, s
 			v.Reason = "permission " + string(p.Status)
 		}
 	}
-	if p.Status == agentotp.StatusExpired && p.DecisionReason == "" {
-		v.Reason = "permission expired"
-	}
 	if staff {
 		v.AgentID = string(p.AgentID)
 		v.Rule = p.Decision.Rule

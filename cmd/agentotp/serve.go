@@ -49,7 +49,6 @@ type app struct {
 	store  *sqlite.Store
 	engine *policy.Engine
 	svc    *agentotp.Service
-	log    *slog.Logger
 }
 
 func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string) (*app, error) {
@@ -62,7 +61,7 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", cfg.DBPath(), err)
 	}
-	a := &app{store: st, log: logger}
+	a := &app{store: st}
 	a.engine, err = buildEvaluator(ctx, cfg, st, logger, func(ctx context.Context, version string, err error) {
 		if a.svc != nil {
 			a.svc.RecordPolicyReload(ctx, version, err)
