@@ -90,6 +90,12 @@ func (s *Service) ApprovalURL(id PermissionID) string {
 // event builds an audit event stamped with the actor and request id.
 func (s *Service) event(ctx context.Context, p Principal, t EventType, now time.Time, details map[string]any) *AuditEvent {
 	kind, id := p.Actor()
+	if ch, ok := ChannelFrom(ctx); ok {
+		if details == nil {
+			details = map[string]any{}
+		}
+		details["channel"] = ch.details()
+	}
 	e := &AuditEvent{ID: NewEventID(), Time: now, Type: t, ActorType: kind, ActorID: id, RequestID: RequestID(ctx), Details: details}
 	// Encode the details here, outside the store's single writer, so the
 	// serialized part of a write stays short. Details are JSON-safe maps.

@@ -47,3 +47,32 @@ func (a *AgentSession) Spend(ctx context.Context, id PermissionID, token Secret,
 	}
 	return nil
 }
+
+// Agent returns the agent this session acts as.
+func (a *AgentSession) Agent() *Agent { return a.p.Agent }
+
+// Await returns the permission, waiting up to wait while it is pending.
+// After a human approval its first read carries the token, once.
+func (a *AgentSession) Await(ctx context.Context, id PermissionID, wait time.Duration) (*Permission, Secret, error) {
+	return a.svc.GetPermission(ctx, a.p, id, wait)
+}
+
+// VerifyToken reports whether token is good for the permission, without
+// spending it.
+func (a *AgentSession) VerifyToken(ctx context.Context, id PermissionID, token Secret) (VerifyResult, error) {
+	return a.svc.Verify(ctx, a.p, id, token.Reveal())
+}
+
+// UseToken spends one use of token. A refusal is a result with Reason set,
+// not an error; nothing was spent.
+func (a *AgentSession) UseToken(ctx context.Context, id PermissionID, token Secret, details map[string]any) (UseResult, error) {
+	return a.svc.Use(ctx, a.p, id, token.Reveal(), details)
+}
+
+// RevokePermission withdraws a pending request or ends a live token.
+func (a *AgentSession) RevokePermission(ctx context.Context, id PermissionID, reason string) (*Permission, error) {
+	return a.svc.Revoke(ctx, a.p, id, reason)
+}
+
+// ApprovalURL is the console page where a human decides the permission.
+func (a *AgentSession) ApprovalURL(id PermissionID) string { return a.svc.ApprovalURL(id) }

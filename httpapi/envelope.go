@@ -80,6 +80,9 @@ func writeError(w http.ResponseWriter, err error) {
 	if !ok {
 		status = http.StatusInternalServerError
 	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="agentotp"`)
+	}
 	if status == http.StatusTooManyRequests && w.Header().Get("Retry-After") == "" {
 		// Limits the service enforces (e.g. the pending-approval cap)
 		// clear as humans decide; a minute is a sensible pause.

@@ -110,6 +110,15 @@ func New(svc *agentotp.Service, opts Options) *Server {
 // same middleware.
 func (s *Server) Handle(pattern string, h http.Handler) { s.mux.Handle(pattern, h) }
 
+// AgentOnly serves h to agent keys only, authenticated and rate-limited
+// exactly like the API's agent routes, with the principal in the request
+// context (agentotp.PrincipalFrom). The MCP endpoints are mounted with it.
+func (s *Server) AgentOnly(h http.Handler) http.Handler {
+	return s.auth(agentRole, func(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+		h.ServeHTTP(w, r.WithContext(agentotp.WithPrincipal(r.Context(), p)))
+	})
+}
+
 // Registry returns the metrics registry, for adapters adding their own.
 func (s *Server) Registry() *prometheus.Registry { return s.registry }
 
@@ -421,7 +430,13 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		w.Header().Set("X-Request-Id", id)
 		w.Header().Set("X-Content-Type-Options", "nosniff")
 		w.Header().Set("Referrer-Policy", "no-referrer")
-		r = r.WithContext(agentotp.WithRequestID(r.Context(), id))
+		ctx := agentotp.WithRequestID(r.Context(), id)
+		if ch, ok := agentotp.ParseChannel(r.Header.Get(agentotp.ChannelHeader)); ok {
+			// Agent-asserted (agentotp mcp --url names itself and its
+			// client); recorded in the audit as such, trusted for nothing.
+			ctx = agentotp.WithChannel(ctx, ch)
+		}
+		r = r.WithContext(ctx)
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 		sw := &statusWriter{ResponseWriter: w}
 		defer func() {

@@ -27,6 +27,7 @@ type Client struct {
 	mu     sync.Mutex
 	tokens map[string]heldToken     // permission id → token received
 	asked  map[string]requestRecord // permission id → how it was asked, for re-issue
+	links  map[string]string        // permission id → approval page, while pending
 }
 
 type heldToken struct {
@@ -45,7 +46,7 @@ const maxHeld = 10000
 // New returns a client for the server at baseURL (for example
 // http://127.0.0.1:8787, without /api) authenticating with an agent key.
 func New(baseURL, apiKey string, opts ...Option) *Client {
-	return &Client{t: newTransport(baseURL, apiKey, opts), tokens: map[string]heldToken{}, asked: map[string]requestRecord{}}
+	return &Client{t: newTransport(baseURL, apiKey, opts), tokens: map[string]heldToken{}, asked: map[string]requestRecord{}, links: map[string]string{}}
 }
 
 // Request is what an agent asks for. Zero values take the server's
@@ -311,6 +312,11 @@ func (c *Client) remember(p *Permission, body *requestBody) {
 			}
 		}
 	}
+	if p.Status != agentotp.StatusPending {
+		delete(c.links, p.ID)
+	} else if p.ApprovalURL != "" && len(c.links) < maxHeld {
+		c.links[p.ID] = p.ApprovalURL
+	}
 	if p.Status.Terminal() {
 		delete(c.tokens, p.ID)
 		delete(c.asked, p.ID)
@@ -336,6 +342,7 @@ func (c *Client) forget(id string) {
 	c.mu.Lock()
 	delete(c.tokens, id)
 	delete(c.asked, id)
+	delete(c.links, id)
 	c.mu.Unlock()
 }
 

@@ -2,6 +2,8 @@ package otpclient
 
 import (
 	"context"
+	"errors"
+	"net/url"
 	"time"
 
 	"github.com/agentotp/agentotp"
@@ -56,4 +58,59 @@ func (p *Permission) Domain() *agentotp.Permission {
 		d.ApprovalExpiresAt = p.ExpiresAt
 	}
 	return d
+}
+
+// Await reads the permission, long-polling up to wait while it is pending,
+// like agentotp.AgentSession.Await. The token rides along while this
+// client holds it.
+func (c *Client) Await(ctx context.Context, id agentotp.PermissionID, wait time.Duration) (*agentotp.Permission, agentotp.Secret, error) {
+	p, err := c.get(ctx, string(id), wait)
+	if err != nil {
+		return nil, "", err
+	}
+	return p.Domain(), p.Token, nil
+}
+
+// VerifyToken is Verify with the root package's result type.
+func (c *Client) VerifyToken(ctx context.Context, id agentotp.PermissionID, token agentotp.Secret) (agentotp.VerifyResult, error) {
+	v, err := c.Verify(ctx, string(id), token)
+	if err != nil {
+		return agentotp.VerifyResult{}, err
+	}
+	return agentotp.VerifyResult{Valid: v.Valid, Scope: v.Scope, UsesRemaining: v.UsesRemaining, ExpiresAt: v.ExpiresAt, Reason: v.Reason}, nil
+}
+
+// UseToken spends one use, like agentotp.AgentSession.UseToken: a refusal
+// is a result with Reason set, not an error.
+func (c *Client) UseToken(ctx context.Context, id agentotp.PermissionID, token agentotp.Secret, details map[string]any) (agentotp.UseResult, error) {
+	r, err := c.Use(ctx, string(id), token, details)
+	var e *Error
+	switch {
+	case err == nil:
+		return agentotp.UseResult{Success: true, UsesRemaining: r.UsesRemaining}, nil
+	case errors.As(err, &e) && e.Code == CodeUseRefused:
+		return agentotp.UseResult{Reason: e.Reason}, nil
+	}
+	return agentotp.UseResult{}, err
+}
+
+// RevokePermission is Revoke with the root package's permission type.
+func (c *Client) RevokePermission(ctx context.Context, id agentotp.PermissionID, reason string) (*agentotp.Permission, error) {
+	p, err := c.Revoke(ctx, string(id), reason)
+	if err != nil {
+		return nil, err
+	}
+	return p.Domain(), nil
+}
+
+// ApprovalURL is the console page the server named for a pending
+// permission, or the server's usual address for it.
+func (c *Client) ApprovalURL(id agentotp.PermissionID) string {
+	c.mu.Lock()
+	u, ok := c.links[string(id)]
+	c.mu.Unlock()
+	if ok {
+		return u
+	}
+	return c.t.base + "/ui/requests/" + url.PathEscape(string(id))
 }

@@ -18,6 +18,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/agentotp/agentotp"
 )
 
 // Version is sent in the default User-Agent.
@@ -296,6 +298,9 @@ func (t *transport) attempt(ctx context.Context, c call, u string, body []byte, 
 	req.Header.Set("Authorization", "Bearer "+t.key)
 	req.Header.Set("User-Agent", t.ua)
 	req.Header.Set("X-Request-Id", reqID)
+	if ch, ok := agentotp.ChannelFrom(ctx); ok {
+		req.Header.Set(agentotp.ChannelHeader, ch.Encode())
+	}
 	resp, err := t.hc.Do(req)
 	if err != nil {
 		return nil, !dialFailed(err), fmt.Errorf("agentotp: %s %s: %w", c.method, c.path, redactURL(err))

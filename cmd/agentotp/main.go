@@ -28,6 +28,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 	switch cmd {
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
+	case "mcp":
+		return runMCP(ctx, rest, stdin, stdout, stderr)
 	case "agents":
 		return runAgents(ctx, rest, stdout, stderr)
 	case "users":
@@ -59,7 +61,8 @@ func usage(w io.Writer) {
 	fmt.Fprint(w, `usage: agentotp <command> [flags]
 
 commands:
-  serve                     run the HTTP API, console and MCP endpoint
+  serve                     run the HTTP API and the MCP endpoints (/mcp, /mcp/sse)
+  mcp                       MCP server for one agent over stdio (or --transport http|sse)
   agents create|list|rotate|disable
   users create|list
   pending | approve ID | deny ID

@@ -144,18 +144,8 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	}
 
 	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version})
+	mountMCP(api, a.svc, publicURL)
 
-	// Cancelling baseCtx ends long-polls and event streams at shutdown.
-	baseCtx, cancelBase := context.WithCancel(context.Background())
-	defer cancelBase()
-	srv := &http.Server{
-		Handler:           api,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
-	}
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()
 	go a.svc.RunSweeper(sweepCtx, time.Second)
@@ -178,6 +168,22 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		}
 	}()
 
+	return runHTTP(ctx, ln, api, logger)
+}
+
+// runHTTP serves h on ln until ctx ends, then shuts down gracefully.
+func runHTTP(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.Logger) error {
+	// Cancelling baseCtx ends long-polls and event streams at shutdown.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
+	srv := &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
+		ErrorLog:          slog.NewLogLogger(logger.Handler(), slog.LevelWarn),
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(ln) }()
 	select {

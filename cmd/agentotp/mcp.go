@@ -1,0 +1,151 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/clients/otpclient"
+	"github.com/agentotp/agentotp/httpapi"
+	"github.com/agentotp/agentotp/mcpserver"
+)
+
+// runMCP is `agentotp mcp`: the permission tools for one agent, over stdio
+// (what Claude Desktop, Claude Code and Cursor start) or over HTTP.
+func runMCP(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("agentotp mcp", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	transport := fs.String("transport", "stdio", "stdio, http (streamable HTTP at /mcp) or sse (legacy SSE at /mcp/sse)")
+	apiKey := fs.String("api-key", "", "the agent's ak_ key ($AGENTOTP_API_KEY; prefer the environment: flags show in process lists)")
+	load := configFlags(fs, "addr", "data", "db", "policies", "public-url", "url", "log-level", "log-format")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `usage: agentotp mcp [--transport stdio|http|sse] [--addr HOST:PORT] (--url URL | --data DIR) [--api-key KEY]
+
+Serves agentotp's MCP tools for one agent. With --url (or $AGENTOTP_URL) it
+talks to that agentotp server; otherwise it runs embedded on the data
+directory, with the same store and policies 'agentotp serve' uses. Over HTTP
+clients must send the same key as Authorization: Bearer <key>.
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	addrSet := false
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	fs.Visit(func(f *flag.Flag) { addrSet = addrSet || f.Name == "addr" })
+	cfg, err := load(env)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp mcp:", err)
+		return 2
+	}
+	key := agentotp.Secret(*apiKey)
+	if key == "" {
+		if key, err = secretFromEnv(env, "AGENTOTP_API_KEY"); err != nil {
+			fmt.Fprintln(stderr, "agentotp mcp:", err)
+			return 2
+		}
+	}
+	if !agentotp.ValidKeyFormat(key.Reveal()) || !strings.HasPrefix(key.Reveal(), agentotp.AgentKeyPrefix) {
+		fmt.Fprintln(stderr, "agentotp mcp: an agent key (ak_…) is required: set AGENTOTP_API_KEY (create one with: agentotp agents create NAME)")
+		return 2
+	}
+	switch *transport {
+	case "stdio", "http", "sse":
+	default:
+		fmt.Fprintf(stderr, "agentotp mcp: --transport must be stdio, http or sse, not %q\n", *transport)
+		return 2
+	}
+	if *transport != "stdio" && !addrSet && env("AGENTOTP_ADDR") == "" {
+		cfg.Addr = "127.0.0.1:8788" // beside a local `agentotp serve` on 8787
+	}
+
+	logger := newLogger(cfg, stderr) // stdout carries the protocol only
+	var (
+		perms    mcpserver.Permissions
+		identity string
+	)
+	if cfg.URL != "" {
+		perms = otpclient.New(cfg.URL, key.Reveal(), otpclient.WithUserAgent("agentotp-mcp/"+version), otpclient.WithLogger(logger))
+		identity = "key:" + key.Hash()
+	} else {
+		// Approval links point at the console of `agentotp serve` on the
+		// same data directory: its public URL, or its default address.
+		public := cfg.PublicURL
+		if public == "" {
+			public = "http://" + DefaultConfig().Addr
+		}
+		a, err := openApp(ctx, cfg, logger, public)
+		if err != nil {
+			fmt.Fprintln(stderr, "agentotp mcp:", err)
+			return 1
+		}
+		defer a.Close()
+		p, err := a.svc.Authenticate(ctx, key.Reveal())
+		if err != nil {
+			fmt.Fprintln(stderr, "agentotp mcp: agent key:", err)
+			return 1
+		}
+		sweepCtx, stop := context.WithCancel(ctx)
+		defer stop()
+		go a.svc.RunSweeper(sweepCtx, time.Second)
+		perms, identity = a.svc.AgentSession(p), "agent:"+string(p.Agent.ID)
+	}
+
+	srv := mcpserver.New(mcpserver.Options{Version: version, Logger: logger})
+	if *transport == "stdio" {
+		if err := srv.ServeStdio(ctx, perms, identity, stdin, stdout); err != nil {
+			fmt.Fprintln(stderr, "agentotp mcp:", err)
+			return 1
+		}
+		return 0
+	}
+
+	ln, err := net.Listen("tcp", cfg.Addr)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp mcp: listen:", err)
+		return 1
+	}
+	base := "http://" + ln.Addr().String()
+	var origins []string
+	if cfg.PublicURL != "" {
+		origins = append(origins, cfg.PublicURL)
+	}
+	h := mcpserver.SingleAgent(key.Reveal(), perms, identity, srv.HTTP(mcpserver.HTTPOptions{AllowedOrigins: origins}))
+	if *transport == "sse" {
+		fmt.Fprintf(stderr, "agentotp mcp: SSE transport at %s/mcp/sse\n", base)
+	} else {
+		fmt.Fprintf(stderr, "agentotp mcp: streamable HTTP at %s/mcp\n", base)
+	}
+	if err := runHTTP(ctx, ln, h, logger); err != nil {
+		fmt.Fprintln(stderr, "agentotp mcp:", err)
+		return 1
+	}
+	return 0
+}
+
+// mountMCP puts the MCP transports on the API server: streamable HTTP at
+// /mcp, SSE at /mcp/sse, each request acting as the agent whose key it
+// carries, with the API's authentication and rate limits.
+func mountMCP(api *httpapi.Server, svc *agentotp.Service, publicURL string) {
+	srv := mcpserver.New(mcpserver.Options{Version: version})
+	h := srv.HTTP(mcpserver.HTTPOptions{Path: "/mcp", AllowedOrigins: []string{publicURL}})
+	bound := api.AgentOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		p, _ := agentotp.PrincipalFrom(r.Context())
+		ctx := mcpserver.WithAgent(r.Context(), svc.AgentSession(p), "agent:"+string(p.Agent.ID))
+		h.ServeHTTP(w, r.WithContext(ctx))
+	}))
+	api.Handle("/mcp", bound)
+	api.Handle("/mcp/", bound)
+}
