@@ -15,6 +15,8 @@ import (
 
 	"github.com/mark3labs/mcp-go/server"
 	"golang.org/x/time/rate"
+
+	"github.com/agentotp/agentotp"
 )
 
 // HTTPOptions configures the HTTP transports.
@@ -312,4 +314,17 @@ func (f *failLimiter) allow(r *http.Request) bool {
 		f.m[host] = l
 	}
 	return l.Allow()
+}
+
+// ServiceAgents binds each request to the agent that authentication in
+// front of it put in the context (agentotp.WithPrincipal, as
+// httpapi.Server.AgentOnly does), acting in process on svc. A request
+// without an agent principal goes on unbound and is refused by HTTP.
+func ServiceAgents(svc *agentotp.Service, next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if p, ok := agentotp.PrincipalFrom(r.Context()); ok && p.IsAgent() {
+			r = r.WithContext(WithAgent(r.Context(), svc.AgentSession(p), "agent:"+string(p.Agent.ID)))
+		}
+		next.ServeHTTP(w, r)
+	})
 }

@@ -29,6 +29,17 @@ func annotations(title string, readOnly, destructive, idempotent bool) mcp.ToolO
 
 func ptr[T any](v T) *T { return &v }
 
+// tool builds a definition around a hand-written input schema. (mcp.NewTool
+// would also set a default typed schema, and a tool with both cannot be
+// encoded.)
+func tool(name, description, inputSchema string, opts ...mcp.ToolOption) mcp.Tool {
+	t := mcp.NewToolWithRawSchema(name, description, json.RawMessage(inputSchema))
+	for _, o := range opts {
+		o(&t)
+	}
+	return t
+}
+
 // permissionSchema is the output of the tools that report a permission.
 const permissionSchema = `{
   "type": "object",
@@ -50,12 +61,12 @@ const permissionSchema = `{
 
 func (s *Server) tools() []toolDef {
 	return []toolDef{
-		{mcp.NewTool("request_permission",
-			mcp.WithDescription("Ask for a one-time permission before a sensitive action (sending an email, paying, deleting, "+
+		{tool("request_permission",
+			"Ask for a one-time permission before a sensitive action (sending an email, paying, deleting, "+
 				"calling an external API). A policy approves, denies or asks a person. When approved you receive id and token: "+
 				"call use_permission with them right before you act, once per action. When pending, tell the user the "+
-				"approval_url and call get_permission with the id to wait for the decision. When denied or expired, do not act."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+				"approval_url and call get_permission with the id to wait for the decision. When denied or expired, do not act.",
+			`{
   "type": "object",
   "properties": {
     "action": {"type": "string", "minLength": 1, "maxLength": 255, "description": "What you want to do, as service.verb, e.g. gmail.send, payments.charge, files.delete."},
@@ -67,15 +78,15 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["action"],
   "additionalProperties": false
-}`)),
+}`,
 			mcp.WithRawOutputSchema(json.RawMessage(permissionSchema)),
 			annotations("Request a permission", false, false, false),
 		), s.requestPermission},
 
-		{mcp.NewTool("get_permission",
-			mcp.WithDescription("Read a permission you requested, waiting up to wait_seconds while a person decides. "+
-				"After a person approves, the first read returns the token. Call it again while the status is pending."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+		{tool("get_permission",
+			"Read a permission you requested, waiting up to wait_seconds while a person decides. "+
+				"After a person approves, the first read returns the token. Call it again while the status is pending.",
+			`{
   "type": "object",
   "properties": {
     "id": {"type": "string", "description": "Permission id from request_permission (perm_…)."},
@@ -83,15 +94,15 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["id"],
   "additionalProperties": false
-}`)),
+}`,
 			mcp.WithRawOutputSchema(json.RawMessage(permissionSchema)),
 			annotations("Get a permission", true, false, true),
 		), s.getPermission},
 
-		{mcp.NewTool("verify_permission",
-			mcp.WithDescription("Check whether a token is still valid for its permission, without spending it. "+
-				"Returns the scope it allows and the uses left."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+		{tool("verify_permission",
+			"Check whether a token is still valid for its permission, without spending it. "+
+				"Returns the scope it allows and the uses left.",
+			`{
   "type": "object",
   "properties": {
     "id": {"type": "string", "description": "Permission id (perm_…)."},
@@ -99,7 +110,7 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["id", "token"],
   "additionalProperties": false
-}`)),
+}`,
 			mcp.WithRawOutputSchema(json.RawMessage(`{
   "type": "object",
   "properties": {
@@ -114,11 +125,11 @@ func (s *Server) tools() []toolDef {
 			annotations("Verify a token", true, false, true),
 		), s.verifyPermission},
 
-		{mcp.NewTool("use_permission",
-			mcp.WithDescription("Spend one use of an approved permission right before you perform the action. "+
+		{tool("use_permission",
+			"Spend one use of an approved permission right before you perform the action. "+
 				"Pass what you are about to do as details (e.g. {\"to\": \"client@example.com\"}); they are checked "+
-				"against the approved scope. Only act if this succeeds. Each use is spent once, even if your action then fails."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+				"against the approved scope. Only act if this succeeds. Each use is spent once, even if your action then fails.",
+			`{
   "type": "object",
   "properties": {
     "id": {"type": "string", "description": "Permission id (perm_…)."},
@@ -127,7 +138,7 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["id", "token"],
   "additionalProperties": false
-}`)),
+}`,
 			mcp.WithRawOutputSchema(json.RawMessage(`{
   "type": "object",
   "properties": {
@@ -140,9 +151,9 @@ func (s *Server) tools() []toolDef {
 			annotations("Use a permission", false, true, false),
 		), s.usePermission},
 
-		{mcp.NewTool("revoke_permission",
-			mcp.WithDescription("Withdraw a pending request or end an approved permission you no longer need; its token stops working at once."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+		{tool("revoke_permission",
+			"Withdraw a pending request or end an approved permission you no longer need; its token stops working at once.",
+			`{
   "type": "object",
   "properties": {
     "id": {"type": "string", "description": "Permission id (perm_…)."},
@@ -150,16 +161,16 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["id"],
   "additionalProperties": false
-}`)),
+}`,
 			mcp.WithRawOutputSchema(json.RawMessage(permissionSchema)),
 			annotations("Revoke a permission", false, true, false),
 		), s.revokePermission},
 
-		{mcp.NewTool("approval_prompt",
-			mcp.WithDescription("Claude Code permission prompt (--permission-prompt-tool): decides whether a tool call may run, "+
+		{tool("approval_prompt",
+			"Claude Code permission prompt (--permission-prompt-tool): decides whether a tool call may run, "+
 				"by policy and, when needed, a person. Answers a JSON text {\"behavior\":\"allow\",\"updatedInput\":{…}} or "+
-				"{\"behavior\":\"deny\",\"message\":\"…\"}. One approval covers one tool call."),
-			mcp.WithRawInputSchema(json.RawMessage(`{
+				"{\"behavior\":\"deny\",\"message\":\"…\"}. One approval covers one tool call.",
+			`{
   "type": "object",
   "properties": {
     "tool_name": {"type": "string", "minLength": 1, "maxLength": 200, "description": "The tool Claude Code wants to run."},
@@ -168,7 +179,7 @@ func (s *Server) tools() []toolDef {
   },
   "required": ["tool_name", "input"],
   "additionalProperties": false
-}`)),
+}`,
 			annotations("Approve a tool call", false, false, false),
 		), s.approvalPrompt},
 	}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"strings"
 	"time"
 
@@ -141,11 +140,7 @@ flags:
 func mountMCP(api *httpapi.Server, svc *agentotp.Service, publicURL string) {
 	srv := mcpserver.New(mcpserver.Options{Version: version})
 	h := srv.HTTP(mcpserver.HTTPOptions{Path: "/mcp", AllowedOrigins: []string{publicURL}})
-	bound := api.AgentOnly(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		p, _ := agentotp.PrincipalFrom(r.Context())
-		ctx := mcpserver.WithAgent(r.Context(), svc.AgentSession(p), "agent:"+string(p.Agent.ID))
-		h.ServeHTTP(w, r.WithContext(ctx))
-	}))
+	bound := api.AgentOnly(mcpserver.ServiceAgents(svc, h))
 	api.Handle("/mcp", bound)
 	api.Handle("/mcp/", bound)
 }
