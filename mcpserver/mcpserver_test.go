@@ -109,15 +109,21 @@ func initialize(t *testing.T, c *client.Client) *client.Client {
 	return c
 }
 
-// stdioClient serves agent i over a pair of pipes with the stdio framing.
+// stdioClient serves agent i in process over a pair of pipes with the
+// stdio framing.
 func (e *env) stdioClient(t *testing.T, i int) *client.Client {
+	t.Helper()
+	return e.stdioClientFor(t, e.svc.AgentSession(e.agents[i]), "agent:"+string(e.agents[i].Agent.ID))
+}
+
+func (e *env) stdioClientFor(t *testing.T, perms mcpserver.Permissions, identity string) *client.Client {
 	t.Helper()
 	inR, inW := io.Pipe()
 	outR, outW := io.Pipe()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
-		done <- e.mcp.ServeStdio(ctx, e.svc.AgentSession(e.agents[i]), "agent:"+string(e.agents[i].Agent.ID), inR, outW)
+		done <- e.mcp.ServeStdio(ctx, perms, identity, inR, outW)
 	}()
 	t.Cleanup(func() {
 		cancel()
@@ -558,5 +564,42 @@ func TestToolDefinitionsGolden(t *testing.T) {
 			require.True(t, *a.DestructiveHint, tool.Name)
 			require.False(t, *a.IdempotentHint, tool.Name)
 		}
+	}
+}
+
+// agentotp mcp --url: the tools act through the HTTP API with the agent's
+// key, and the server audits the MCP channel the adapter reports.
+func TestRemoteAgentOverStdio(t *testing.T) {
+	e := newEnv(t, mcpserver.Options{})
+	c := e.stdioClientFor(t, otpclient.New(e.url, e.keys[0].Reveal()), "key:"+e.keys[0].Hash())
+
+	r := call(t, c, "request_permission", map[string]any{"action": "auto.remote", "scope": map[string]any{"max_n": 2}, "ttl_seconds": 60})
+	require.False(t, r.isError, r.text)
+	id, tok := r.data["id"].(string), r.data["token"].(string)
+	r = call(t, c, "use_permission", map[string]any{"id": id, "token": tok, "details": map[string]any{"n": 3}})
+	require.True(t, r.isError, "details beyond the scope are refused remotely too")
+	r = call(t, c, "use_permission", map[string]any{"id": id, "token": tok, "details": map[string]any{"n": 2}})
+	require.False(t, r.isError, r.text)
+
+	r = call(t, c, "request_permission", map[string]any{"action": "ask.remote"})
+	require.Equal(t, "pending", r.data["status"])
+	require.Equal(t, e.url+"/ui/requests/"+r.data["id"].(string), r.data["approval_url"])
+	e.decideSoon(t, "ask.remote", agentotp.DecideInput{Approved: true})
+	r = call(t, c, "get_permission", map[string]any{"id": r.data["id"], "wait_seconds": 20})
+	require.False(t, r.isError, r.text)
+	require.NotEmpty(t, r.data["token"])
+	r = call(t, c, "revoke_permission", map[string]any{"id": r.data["id"]})
+	require.False(t, r.isError, r.text)
+
+	r = call(t, c, "get_permission", map[string]any{"id": string(agentotp.NewPermissionID()), "wait_seconds": 0})
+	require.True(t, r.isError)
+	require.Contains(t, r.text, "NOT_FOUND")
+
+	events, err := e.svc.Store().AuditEvents(context.Background(), agentotp.AuditFilter{PermissionID: agentotp.PermissionID(id), Limit: 50})
+	require.NoError(t, err)
+	require.NotEmpty(t, events)
+	for _, ev := range events {
+		require.Equal(t, map[string]any{"via": "mcp", "transport": "stdio", "client": "test-client", "clientVersion": "1.2.3"},
+			ev.Details["channel"], ev.Type)
 	}
 }
