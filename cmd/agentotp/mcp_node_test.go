@@ -163,7 +163,8 @@ type nodeSummary struct {
 
 // TestMCPTypeScriptSDK drives the MCP tools with the official TypeScript
 // SDK client (testdata/mcp-node/client.mjs): over stdio against `agentotp
-// mcp` embedded on a data directory, and over streamable HTTP against
+// mcp` embedded on a data directory and against a server (--url), and over
+// streamable HTTP against
 // `agentotp serve`'s /mcp.
 func TestMCPTypeScriptSDK(t *testing.T) {
 	withEnv(t, nil)
@@ -178,6 +179,12 @@ func TestMCPTypeScriptSDK(t *testing.T) {
 	}{
 		{"stdio", func(t *testing.T, data, policies string) []string {
 			return []string{"--transport", "stdio", "--command", bin, "--", "mcp", "--data", data, "--policies", policies}
+		}},
+		// The form of the README's Claude Desktop / Claude Code snippet:
+		// stdio, talking to a running server.
+		{"stdio-url", func(t *testing.T, data, policies string) []string {
+			url, _, _ := startServer(t, "--data", data, "--policies", policies)
+			return []string{"--transport", "stdio", "--command", bin, "--", "mcp", "--url", url}
 		}},
 		{"streamable-http", func(t *testing.T, data, policies string) []string {
 			url, _, _ := startServer(t, "--data", data, "--policies", policies)
