@@ -603,3 +603,28 @@ func TestRemoteAgentOverStdio(t *testing.T) {
 			ev.Details["channel"], ev.Type)
 	}
 }
+
+// /mcp shares the API's per-key rate limit.
+func TestMCPIsRateLimitedLikeTheAPI(t *testing.T) {
+	e := newEnv(t, mcpserver.Options{})
+	api := httpapi.New(e.svc, httpapi.Options{RateLimit: 1, PublicURL: e.url})
+	api.Handle("/mcp", api.AgentOnly(mcpserver.ServiceAgents(e.svc, e.mcp.HTTP(mcpserver.HTTPOptions{}))))
+	srv := httptest.NewServer(api)
+	defer srv.Close()
+	codes := map[int]int{}
+	for range 5 {
+		req, _ := http.NewRequest(http.MethodPost, srv.URL+"/mcp", strings.NewReader(`{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":"2025-11-25","capabilities":{},"clientInfo":{"name":"c","version":"1"}}}`))
+		req.Header.Set("Authorization", "Bearer "+e.keys[0].Reveal())
+		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Accept", "application/json, text/event-stream")
+		resp, err := http.DefaultClient.Do(req)
+		require.NoError(t, err)
+		resp.Body.Close()
+		codes[resp.StatusCode]++
+		if resp.StatusCode == http.StatusTooManyRequests {
+			require.NotEmpty(t, resp.Header.Get("Retry-After"))
+		}
+	}
+	require.Equal(t, 2, codes[http.StatusOK], codes) // burst 2× of 1/s
+	require.Equal(t, 3, codes[http.StatusTooManyRequests], codes)
+}

@@ -6,9 +6,10 @@
 //
 // Every call acts as one agent. Which agent is decided by the transport:
 // the key given to the process for stdio, the bearer key of each HTTP
-// request otherwise. Approval never happens inside MCP: a person decides in
-// the console, Telegram, the CLI or the API, and the tools report pending
-// until then.
+// request otherwise. Approval never happens inside MCP, where the agent's
+// own client could answer for the person: a person decides out of band
+// (agentotp approve, or POST /decide), and the tools report pending until
+// then.
 package mcpserver
 
 import (
