@@ -628,3 +628,26 @@ func TestMCPIsRateLimitedLikeTheAPI(t *testing.T) {
 	require.Equal(t, 2, codes[http.StatusOK], codes) // burst 2× of 1/s
 	require.Equal(t, 3, codes[http.StatusTooManyRequests], codes)
 }
+
+// A client that gives up mid-wait loses nothing: the request stays
+// pending and a later call picks up the decision and the token.
+func TestClientLeavingMidWaitCanComeBack(t *testing.T) {
+	e := newEnv(t, mcpserver.Options{})
+	c := e.httpClient(t, e.keys[0])
+	r := call(t, c, "request_permission", map[string]any{"action": "ask.later"})
+	id := r.data["id"].(string)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	var req mcp.CallToolRequest
+	req.Params.Name, req.Params.Arguments = "get_permission", map[string]any{"id": id, "wait_seconds": 30}
+	_, err := c.CallTool(ctx, req)
+	require.Error(t, err, "the client gave up")
+
+	_, err = e.svc.Decide(context.Background(), e.approver, agentotp.PermissionID(id), agentotp.DecideInput{Approved: true})
+	require.NoError(t, err)
+	c2 := e.httpClient(t, e.keys[0]) // a new session, as after a restart
+	r = call(t, c2, "get_permission", map[string]any{"id": id, "wait_seconds": 5})
+	require.False(t, r.isError, r.text)
+	require.NotEmpty(t, r.data["token"])
+}
