@@ -182,3 +182,18 @@ func (s *Service) mayApprove(p Principal, perm *Permission) error {
 	}
 	return Errorf(CodeForbidden, "you are not an approver for this request")
 }
+
+// RecordUnknownDecider audits a decision attempt by someone who is not a
+// user at all — a Telegram account linked to nobody — and changes nothing
+// (threat B1). actorType names the channel ("telegram"), actorID the
+// account there.
+func (s *Service) RecordUnknownDecider(ctx context.Context, actorType, actorID string, id PermissionID, approved bool, why string) error {
+	perm, err := s.store.Permission(ctx, id)
+	if err != nil {
+		return err
+	}
+	now := s.clock()
+	e := permEvent(s.event(ctx, SystemPrincipal, EventDecideRejected, now, map[string]any{"approved": approved, "reason": why}), perm)
+	e.ActorType, e.ActorID = actorType, actorID
+	return s.store.Update(ctx, func(tx Tx) error { return tx.AppendAudit(ctx, e) })
+}

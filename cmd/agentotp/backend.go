@@ -25,6 +25,7 @@ type admin interface {
 	RotateUserKey(ctx context.Context, id string) (*agentotp.User, agentotp.Secret, error)
 	DeleteUser(ctx context.Context, id string) error
 	Pending(ctx context.Context) ([]*agentotp.Permission, error)
+	Permission(ctx context.Context, id string) (*agentotp.Permission, error)
 	Decide(ctx context.Context, id string, in agentotp.DecideInput) (*agentotp.Permission, error)
 	// RecentAudit returns up to limit events after seq afterSeq (0: the
 	// newest), oldest first.
@@ -81,6 +82,11 @@ func (l *localAdmin) Pending(ctx context.Context) ([]*agentotp.Permission, error
 	return allPages(func(p agentotp.Page) ([]*agentotp.Permission, int, error) {
 		return l.app.svc.ListPermissions(ctx, l.p, agentotp.PermissionFilter{Status: agentotp.StatusPending, Page: p})
 	})
+}
+
+func (l *localAdmin) Permission(ctx context.Context, id string) (*agentotp.Permission, error) {
+	p, _, err := l.app.svc.GetPermission(ctx, l.p, agentotp.PermissionID(id), 0)
+	return p, err
 }
 
 func (l *localAdmin) Decide(ctx context.Context, id string, in agentotp.DecideInput) (*agentotp.Permission, error) {
@@ -228,6 +234,14 @@ func (r *remoteAdmin) Pending(ctx context.Context) ([]*agentotp.Permission, erro
 		}
 		return out, info.Total, err
 	})
+}
+
+func (r *remoteAdmin) Permission(ctx context.Context, id string) (*agentotp.Permission, error) {
+	p, err := r.c.GetPermission(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return p.Domain(), nil
 }
 
 func (r *remoteAdmin) Decide(ctx context.Context, id string, in agentotp.DecideInput) (*agentotp.Permission, error) {

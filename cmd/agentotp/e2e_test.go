@@ -58,11 +58,19 @@ func run(t *testing.T, args ...string) (int, string, string) {
 // admin key it printed.
 func startServer(t *testing.T, args ...string) (url, adminKey string, stop func()) {
 	t.Helper()
+	url, adminKey, stop, _ = startServerLog(t, args...)
+	return url, adminKey, stop
+}
+
+// startServerLog is startServer that also hands back the server's log.
+func startServerLog(t *testing.T, args ...string) (url, adminKey string, stop func(), log *syncBuffer) {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	var out, errb syncBuffer
+	var out syncBuffer
+	errb := &syncBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- Main(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), nil, &out, &errb)
+		done <- Main(ctx, append([]string{"serve", "--addr", "127.0.0.1:0"}, args...), nil, &out, errb)
 	}()
 	re := regexp.MustCompile(`listening on (http://\S+)`)
 	require.Eventually(t, func() bool { return re.MatchString(out.String()) }, 10*time.Second, 10*time.Millisecond, "stderr: %s", errb.String())
@@ -83,7 +91,7 @@ func startServer(t *testing.T, args ...string) (url, adminKey string, stop func(
 		})
 	}
 	t.Cleanup(stop)
-	return url, adminKey, stop
+	return url, adminKey, stop, errb
 }
 
 type apiResp struct {

@@ -36,6 +36,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return runUsers(ctx, rest, stdout, stderr)
 	case "pending":
 		return runPending(ctx, rest, stdout, stderr)
+	case "show":
+		return runShow(ctx, rest, stdout, stderr)
 	case "approve":
 		return runDecide(ctx, true, rest, stdout, stderr)
 	case "deny":
@@ -65,7 +67,7 @@ commands:
   mcp                       MCP server for one agent over stdio (or --transport http|sse)
   agents create|list|rotate|disable
   users create|list
-  pending | approve ID | deny ID
+  pending | show ID | approve ID | deny ID
   policy check FILE... | policy test DIR
   audit list|verify|export
   bench                     load-test a running server

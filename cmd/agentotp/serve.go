@@ -18,6 +18,7 @@ import (
 
 	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/httpapi"
+	"github.com/agentotp/agentotp/notify"
 	"github.com/agentotp/agentotp/policy"
 	"github.com/agentotp/agentotp/store/sqlite"
 )
@@ -51,7 +52,7 @@ type app struct {
 	svc    *agentotp.Service
 }
 
-func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string) (*app, error) {
+func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string, notifiers ...agentotp.Notifier) (*app, error) {
 	if cfg.DB == "" {
 		if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
@@ -71,7 +72,11 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 		st.Close()
 		return nil, err
 	}
-	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: a.engine, Logger: logger, PublicURL: publicURL})
+	var n agentotp.Notifier
+	if len(notifiers) > 0 {
+		n = notify.Fanout(notifiers)
+	}
+	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: a.engine, Notifier: n, Logger: logger, PublicURL: publicURL})
 	return a, nil
 }
 
@@ -129,7 +134,10 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	if publicURL == "" {
 		publicURL = url
 	}
-	a, err := openApp(ctx, cfg, logger, publicURL)
+	logNotifier := &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
+		return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
+	}}
+	a, err := openApp(ctx, cfg, logger, publicURL, logNotifier)
 	if err != nil {
 		return err
 	}
@@ -199,6 +207,23 @@ func runHTTP(ctx context.Context, ln net.Listener, h http.Handler, logger *slog.
 		return fmt.Errorf("shutdown: %w", err)
 	}
 	return nil
+}
+
+// self is how to call this binary in a hint: its path when it is named
+// agentotp (./bin/agentotp after make run), else plain agentotp.
+func self() string {
+	if filepath.Base(os.Args[0]) == "agentotp" {
+		return os.Args[0]
+	}
+	return "agentotp"
+}
+
+// dataFlag is the store flag that reaches the same data as cfg.
+func dataFlag(cfg Config) string {
+	if cfg.DB != "" {
+		return "--db " + cfg.DB
+	}
+	return "--data " + cfg.Data
 }
 
 // buildEvaluator returns the policy engine: the rules of cfg.Policies
