@@ -48,7 +48,9 @@ func TestFanoutReachesEveryNotifier(t *testing.T) {
 	// A slow notifier does not hold up the others.
 	slow, fast := &recorder{block: make(chan struct{})}, &recorder{}
 	done := make(chan error)
-	go func() { done <- notify.Fanout{slow, fast}.NotifyPending(context.Background(), &agentotp.Permission{}, nil) }()
+	go func() {
+		done <- notify.Fanout{slow, fast}.NotifyPending(context.Background(), &agentotp.Permission{}, nil)
+	}()
 	require.Eventually(t, func() bool { return fast.pending.Load() == 1 }, time.Second, time.Millisecond)
 	close(slow.block)
 	require.NoError(t, <-done)
@@ -57,7 +59,9 @@ func TestFanoutReachesEveryNotifier(t *testing.T) {
 func TestLogNamesTheRequestAndTheCommand(t *testing.T) {
 	var buf bytes.Buffer
 	l := &notify.Log{Logger: slog.New(slog.NewTextHandler(&buf, nil)),
-		Approve: func(id agentotp.PermissionID) string { return "./bin/agentotp approve " + string(id) + " --data ./data" }}
+		Approve: func(id agentotp.PermissionID) string {
+			return "./bin/agentotp approve " + string(id) + " --data ./data"
+		}}
 	p := &agentotp.Permission{ID: "perm_x", AgentID: "agt_1", Action: "gmail.send", Resource: "email:a@b.c",
 		Context:  map[string]any{"reason": "invoice\nlevel=ERROR msg=forged " + strings.Repeat("x", 300)},
 		Decision: agentotp.Decision{Rule: "ask-email"}}
