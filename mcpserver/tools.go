@@ -414,7 +414,8 @@ func (s *Server) requestPermission(ctx context.Context, a Permissions, req mcp.C
 	if in.err != nil {
 		return invalid("request_permission", in.err)
 	}
-	pr.IdempotencyKey = newSessionID()[len("mcp-session-"):]
+	// No idempotency key here: a model retrying is a new call, and the
+	// remote client adds its own key to the HTTP retries it makes.
 	perm, tok, err := a.Authorize(ctx, pr, wait)
 	if err != nil {
 		return s.errorResult(ctx, "request_permission", err)
