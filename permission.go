@@ -73,9 +73,12 @@ type Permission struct {
 	Scope          map[string]any // as requested by the agent
 	Context        map[string]any // agent-asserted, untrusted
 	IdempotencyKey string
-	Status         Status
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// CallbackURL receives the signed status when the permission is
+	// decided, expires or is revoked; "" = none. Set at request time only.
+	CallbackURL string
+	Status      Status
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 	// ApprovalExpiresAt ends the pending window (approvalTtl).
 	ApprovalExpiresAt time.Time
 
@@ -140,6 +143,21 @@ func (p *Permission) TokenPending() bool {
 	return p.Status == StatusApproved && p.TokenHash == ""
 }
 
+// DeciderKind names who decided in the v0.1.1 vocabulary: "auto" (a
+// policy), "user" (a person or the system), "timeout", "revoked", or ""
+// while undecided.
+func (p *Permission) DeciderKind() string {
+	switch p.DecidedBy {
+	case "":
+		return ""
+	case "policy":
+		return "auto"
+	case "timeout", "revoked":
+		return p.DecidedBy
+	}
+	return "user"
+}
+
 // PermissionRequest is what an agent asks for.
 type PermissionRequest struct {
 	Action         string
@@ -150,6 +168,9 @@ type PermissionRequest struct {
 	ApprovalTTL    time.Duration // pending window; 0 = default
 	Uses           int           // 0 = default
 	IdempotencyKey string
+	// CallbackURL, when set, receives the signed outcome (see
+	// CallbackSignature). Its host must be on the service's allow-list.
+	CallbackURL string
 	// Tool and Args are set by the MCP gateway for gated tool calls.
 	Tool *ToolCall
 }
@@ -179,6 +200,11 @@ func (r *PermissionRequest) Validate() error {
 		return ValidationError("idempotencyKey", "must be at most 255 bytes")
 	case !validText(r.IdempotencyKey):
 		return ValidationError("idempotencyKey", "must be printable UTF-8 without control characters")
+	}
+	if r.CallbackURL != "" {
+		if _, err := ParseCallbackURL(r.CallbackURL); err != nil {
+			return err
+		}
 	}
 	if r.TTL == 0 {
 		r.TTL = DefaultTokenTTL

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net/url"
 	"reflect"
 	"time"
 )
@@ -26,6 +27,11 @@ type Options struct {
 	// WaitPoll is how often waiters re-read the store for changes made by
 	// other processes. Default 1 s.
 	WaitPoll time.Duration
+	// CallbackHosts is the allow-list of callback receivers: "host" or
+	// "host:port" (see ParseCallbackHost). A request whose callbackUrl
+	// names another host is refused; with an empty list every callbackUrl
+	// is refused. Entries that do not parse match nothing.
+	CallbackHosts []string
 }
 
 // Service is the permission workflow. All methods are safe for concurrent
@@ -40,6 +46,8 @@ type Service struct {
 	maxPending int
 	waitPoll   time.Duration
 	broker     *broker
+
+	callbackHosts []CallbackHost
 }
 
 // NewService returns a Service over store.
@@ -69,6 +77,13 @@ func NewService(store Store, opts Options) *Service {
 	}
 	if s.waitPoll <= 0 {
 		s.waitPoll = time.Second
+	}
+	for _, h := range opts.CallbackHosts {
+		if ch, err := ParseCallbackHost(h); err == nil {
+			s.callbackHosts = append(s.callbackHosts, ch)
+		} else {
+			s.log.Error("callback allow-list entry ignored", "err", err)
+		}
 	}
 	return s
 }
@@ -159,6 +174,11 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 	if err := req.Validate(); err != nil {
 		return nil, "", err
 	}
+	if req.CallbackURL != "" {
+		if err := s.checkCallback(req.CallbackURL); err != nil {
+			return nil, "", err
+		}
+	}
 	agent := p.Agent
 	now := s.clock()
 
@@ -189,7 +209,7 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 
 	perm := &Permission{
 		ID: NewPermissionID(), AgentID: agent.ID, Action: req.Action, Resource: req.Resource,
-		Scope: req.Scope, Context: req.Context, IdempotencyKey: req.IdempotencyKey,
+		Scope: req.Scope, Context: req.Context, IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL,
 		CreatedAt: now, UpdatedAt: now, ApprovalExpiresAt: now.Add(req.ApprovalTTL),
 		Decision: d, TokenTTL: req.TTL, Uses: req.Uses, GrantedScope: req.Scope,
 	}
@@ -204,11 +224,17 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		perm.GrantedScope = d.Scope
 	}
 
-	reqEvent := permEvent(s.event(ctx, p, EventRequest, now, map[string]any{
+	reqDetails := map[string]any{
 		"action": req.Action, "resource": req.Resource, "scope": req.Scope, "context": req.Context,
 		"ttl": int(req.TTL / time.Second), "approvalTtl": int(req.ApprovalTTL / time.Second), "uses": req.Uses,
 		"decision": decisionDetails(d, evalErr),
-	}), perm)
+	}
+	if u, err := url.Parse(req.CallbackURL); err == nil && req.CallbackURL != "" {
+		// Where the outcome will be sent; path and query may carry the
+		// receiver's own secrets and stay out of the trail.
+		reqDetails["callbackHost"] = u.Host
+	}
+	reqEvent := permEvent(s.event(ctx, p, EventRequest, now, reqDetails), perm)
 	perm.DecisionEventID = reqEvent.ID
 
 	var token Secret
@@ -274,7 +300,7 @@ func (s *Service) replay(ctx context.Context, p Principal, req PermissionRequest
 		if err != nil {
 			return err
 		}
-		if perm.Action != req.Action || perm.Resource != req.Resource ||
+		if perm.Action != req.Action || perm.Resource != req.Resource || perm.CallbackURL != req.CallbackURL ||
 			!reflect.DeepEqual(perm.Scope, req.Scope) || !reflect.DeepEqual(perm.Context, req.Context) {
 			return Errorf(CodeConflict, "idempotencyKey was already used for a different request")
 		}

@@ -47,7 +47,7 @@ func (s *Server) createAgent(w http.ResponseWriter, r *http.Request, p agentotp.
 		s.fail(w, r, err)
 		return
 	}
-	writeData(w, http.StatusCreated, agentView(a, key))
+	writeData(w, http.StatusCreated, s.agentWithKey(a, key))
 }
 
 func (s *Server) getAgent(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
@@ -88,7 +88,7 @@ func (s *Server) rotateAgent(w http.ResponseWriter, r *http.Request, p agentotp.
 		s.fail(w, r, err)
 		return
 	}
-	writeData(w, http.StatusOK, agentView(a, key))
+	writeData(w, http.StatusOK, s.agentWithKey(a, key))
 }
 
 func (s *Server) listUsers(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {

@@ -89,10 +89,12 @@ func (b *syncBuffer) Bytes() []byte {
 }
 
 type envOptions struct {
-	rateLimit  float64
-	evaluator  agentotp.Evaluator
-	logger     *slog.Logger
-	maxPending int
+	rateLimit     float64
+	evaluator     agentotp.Evaluator
+	logger        *slog.Logger
+	maxPending    int
+	callbackHosts []string
+	callbackKey   []byte
 }
 
 type envOption func(*envOptions)
@@ -111,6 +113,11 @@ func withLogger(l *slog.Logger) envOption {
 
 func withMaxPending(n int) envOption {
 	return func(o *envOptions) { o.maxPending = n }
+}
+
+// withCallbacks sets the callback allow-list and the callback key.
+func withCallbacks(hosts []string, key []byte) envOption {
+	return func(o *envOptions) { o.callbackHosts, o.callbackKey = hosts, key }
 }
 
 // testEnv is a real server: SQLite in a temp dir, the service with a fake
@@ -141,9 +148,10 @@ func newTestServer(t testing.TB, opts ...envOption) *testEnv {
 	publicURL := "http://" + srv.Listener.Addr().String()
 	svc := agentotp.NewService(store, agentotp.Options{
 		Clock: clock.Now, Evaluator: o.evaluator, Logger: o.logger, PublicURL: publicURL,
-		MaxPendingPerAgent: o.maxPending,
+		MaxPendingPerAgent: o.maxPending, CallbackHosts: o.callbackHosts,
 	})
-	srv.Config.Handler = httpapi.New(svc, httpapi.Options{PublicURL: publicURL, RateLimit: o.rateLimit, Logger: o.logger})
+	srv.Config.Handler = httpapi.New(svc, httpapi.Options{PublicURL: publicURL, RateLimit: o.rateLimit, Logger: o.logger,
+		CallbackKey: o.callbackKey})
 	srv.Start()
 	adminKey := agentotp.NewUserKey()
 	_, err = svc.EnsureAdmin(ctx, adminKey)
@@ -286,6 +294,7 @@ type permView struct {
 	ApprovalURL    string         `json:"approvalUrl"`
 	WaitURL        string         `json:"waitUrl"`
 	WebhookURL     string         `json:"webhookUrl"`
+	CallbackURL    string         `json:"callbackUrl"`
 	Reason         string         `json:"reason"`
 	DecisionReason string         `json:"decisionReason"`
 	DecidedBy      string         `json:"decidedBy"`
@@ -317,13 +326,14 @@ type useView struct {
 }
 
 type agentView struct {
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Description  string         `json:"description"`
-	APIKey       string         `json:"apiKey"`
-	APIKeyPrefix string         `json:"apiKeyPrefix"`
-	Metadata     map[string]any `json:"metadata"`
-	IsActive     bool           `json:"isActive"`
+	ID             string         `json:"id"`
+	Name           string         `json:"name"`
+	Description    string         `json:"description"`
+	APIKey         string         `json:"apiKey"`
+	APIKeyPrefix   string         `json:"apiKeyPrefix"`
+	CallbackSecret string         `json:"callbackSecret"`
+	Metadata       map[string]any `json:"metadata"`
+	IsActive       bool           `json:"isActive"`
 }
 
 type userView struct {

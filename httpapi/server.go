@@ -36,6 +36,10 @@ type Options struct {
 	Version string
 	// Registry receives the API's metrics; nil creates one.
 	Registry *prometheus.Registry
+	// CallbackKey is the server's callback key (agentotp.CallbackSecret).
+	// When set, the agent create and rotate-key responses carry the
+	// agent's callbackSecret; when nil they leave it out.
+	CallbackKey []byte
 }
 
 // Server is the HTTP API. It implements http.Handler.
@@ -47,6 +51,8 @@ type Server struct {
 	mux       *http.ServeMux
 	handler   http.Handler
 	heartbeat time.Duration // keep-alive spacing on event streams
+
+	callbackKey []byte
 
 	limit     rate.Limit
 	burst     int
@@ -73,7 +79,7 @@ func New(svc *agentotp.Service, opts Options) *Server {
 	s := &Server{
 		svc: svc, log: opts.Logger, publicURL: strings.TrimRight(opts.PublicURL, "/"), version: opts.Version,
 		mux: http.NewServeMux(), limiters: map[string]*limiterEntry{}, waiters: map[string]int{}, registry: opts.Registry,
-		heartbeat: sseHeartbeat,
+		heartbeat: sseHeartbeat, callbackKey: opts.CallbackKey,
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)

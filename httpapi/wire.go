@@ -25,6 +25,7 @@ type permissionRequestBody struct {
 	ApprovalTTL    *int           `json:"approvalTtl"`
 	Uses           *int           `json:"uses"`
 	IdempotencyKey string         `json:"idempotencyKey"`
+	CallbackURL    string         `json:"callbackUrl"`
 }
 
 type permissionJSON struct {
@@ -40,6 +41,7 @@ type permissionJSON struct {
 	ApprovalURL    string         `json:"approvalUrl,omitempty"`
 	WaitURL        string         `json:"waitUrl,omitempty"`
 	WebhookURL     string         `json:"webhookUrl,omitempty"`
+	CallbackURL    string         `json:"callbackUrl,omitempty"`
 	Reason         string         `json:"reason,omitempty"`
 	DecisionReason string         `json:"decisionReason,omitempty"`
 	DecidedBy      string         `json:"decidedBy,omitempty"`
@@ -54,19 +56,7 @@ type permissionJSON struct {
 }
 
 // decidedBy maps the domain's decider to the v0.1.1 vocabulary.
-func decidedBy(p *agentotp.Permission) string {
-	switch {
-	case p.DecidedBy == "":
-		return ""
-	case p.DecidedBy == "policy":
-		return "auto"
-	case p.DecidedBy == "timeout":
-		return "timeout"
-	case p.DecidedBy == "revoked":
-		return "revoked"
-	}
-	return "user"
-}
+func decidedBy(p *agentotp.Permission) string { return p.DeciderKind() }
 
 // permissionView renders p. The token, when given, is the one-time delivery
 // to the owning agent; staff views add the agent and the rule.
@@ -100,6 +90,11 @@ func (s *Server) permissionView(p *agentotp.Permission, token agentotp.Secret, s
 		if v.Reason == "" {
 			v.Reason = "permission " + string(p.Status)
 		}
+	}
+	if !staff {
+		// The callback URL is the agent's own; its path or query may
+		// carry the receiver's secrets, so approvers do not see it.
+		v.CallbackURL = p.CallbackURL
 	}
 	if staff {
 		v.AgentID = string(p.AgentID)
@@ -150,15 +145,18 @@ type agentBody struct {
 }
 
 type agentJSON struct {
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Description  string         `json:"description"`
-	APIKey       string         `json:"apiKey,omitempty"`
-	APIKeyPrefix string         `json:"apiKeyPrefix"`
-	Metadata     map[string]any `json:"metadata"`
-	IsActive     bool           `json:"isActive"`
-	CreatedAt    string         `json:"createdAt"`
-	UpdatedAt    string         `json:"updatedAt"`
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Description  string `json:"description"`
+	APIKey       string `json:"apiKey,omitempty"`
+	APIKeyPrefix string `json:"apiKeyPrefix"`
+	// CallbackSecret signs the agent's decision callbacks; like the key,
+	// only in the create and rotate-key responses.
+	CallbackSecret string         `json:"callbackSecret,omitempty"`
+	Metadata       map[string]any `json:"metadata"`
+	IsActive       bool           `json:"isActive"`
+	CreatedAt      string         `json:"createdAt"`
+	UpdatedAt      string         `json:"updatedAt"`
 }
 
 func agentView(a *agentotp.Agent, key agentotp.Secret) agentJSON {
@@ -169,6 +167,16 @@ func agentView(a *agentotp.Agent, key agentotp.Secret) agentJSON {
 	}
 	if key != "" {
 		v.APIKey = key.Reveal()
+	}
+	return v
+}
+
+// agentWithKey renders an agent whose API key was just made, with its
+// callback secret when the server has a callback key.
+func (s *Server) agentWithKey(a *agentotp.Agent, key agentotp.Secret) agentJSON {
+	v := agentView(a, key)
+	if len(s.callbackKey) > 0 {
+		v.CallbackSecret = agentotp.CallbackSecret(s.callbackKey, a).Reveal()
 	}
 	return v
 }

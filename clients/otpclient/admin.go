@@ -73,20 +73,28 @@ func (a *Admin) list(ctx context.Context, path string, q url.Values, out any) (P
 
 // Agent is an agent as the server reports it.
 type Agent struct {
-	ID           string         `json:"id"`
-	Name         string         `json:"name"`
-	Description  string         `json:"description"`
-	APIKey       string         `json:"apiKey,omitempty"` // only from create and rotate
-	APIKeyPrefix string         `json:"apiKeyPrefix"`
-	Metadata     map[string]any `json:"metadata"`
-	IsActive     bool           `json:"isActive"`
-	CreatedAt    time.Time      `json:"createdAt"`
-	UpdatedAt    time.Time      `json:"updatedAt"`
+	ID           string `json:"id"`
+	Name         string `json:"name"`
+	Description  string `json:"description"`
+	APIKey       string `json:"apiKey,omitempty"` // only from create and rotate
+	APIKeyPrefix string `json:"apiKeyPrefix"`
+	// CallbackSecret signs the agent's decision callbacks (see
+	// VerifyCallback); only from create and rotate, and only when the
+	// server has a callback key.
+	CallbackSecret string         `json:"callbackSecret,omitempty"`
+	Metadata       map[string]any `json:"metadata"`
+	IsActive       bool           `json:"isActive"`
+	CreatedAt      time.Time      `json:"createdAt"`
+	UpdatedAt      time.Time      `json:"updatedAt"`
 }
 
 // Key returns the API key returned once by create and rotate, redacted in
 // print.
 func (a *Agent) Key() agentotp.Secret { return agentotp.Secret(a.APIKey) }
+
+// CallbackKey returns the callback signing secret as a Secret ("" when the
+// response carried none).
+func (a *Agent) CallbackKey() agentotp.Secret { return agentotp.Secret(a.CallbackSecret) }
 
 // AgentInput creates an agent.
 type AgentInput struct {

@@ -65,6 +65,11 @@ type Request struct {
 	// IdempotencyKey makes retries safe: the same key returns the same
 	// permission. The client generates one when it is empty.
 	IdempotencyKey string
+	// CallbackURL, when set, receives the outcome: the server POSTs the
+	// status (never the token), signed with the agent's callback secret,
+	// when the request is decided, expires or is revoked. Its host must be
+	// on the server's callback allow-list. See VerifyCallback.
+	CallbackURL string
 }
 
 // Permission is a permission request as the server reports it.
@@ -90,6 +95,8 @@ type Permission struct {
 	ApprovalURL string
 	// WaitURL long-polls this permission (pending only).
 	WaitURL string
+	// CallbackURL is where the server sends the outcome (own agent only).
+	CallbackURL string
 	// Reason explains a denial, expiry or revocation; for an approval it
 	// is the decider's reason.
 	Reason string
@@ -115,6 +122,7 @@ type requestBody struct {
 	ApprovalTTL    *int           `json:"approvalTtl,omitempty"`
 	Uses           *int           `json:"uses,omitempty"`
 	IdempotencyKey string         `json:"idempotencyKey,omitempty"`
+	CallbackURL    string         `json:"callbackUrl,omitempty"`
 }
 
 type permissionWire struct {
@@ -129,6 +137,7 @@ type permissionWire struct {
 	ExpiresAt      string         `json:"expiresAt"`
 	ApprovalURL    string         `json:"approvalUrl"`
 	WaitURL        string         `json:"waitUrl"`
+	CallbackURL    string         `json:"callbackUrl"`
 	Reason         string         `json:"reason"`
 	DecisionReason string         `json:"decisionReason"`
 	DecidedBy      string         `json:"decidedBy"`
@@ -156,7 +165,7 @@ func (w *permissionWire) permission() *Permission {
 	p := &Permission{
 		ID: w.ID, Status: agentotp.Status(w.Status), Token: agentotp.Secret(w.Token), Action: w.Action,
 		Resource: w.Resource, Scope: w.Scope, RequestedScope: w.RequestedScope, Context: w.Context,
-		ExpiresAt: parseTime(w.ExpiresAt), ApprovalURL: w.ApprovalURL, WaitURL: w.WaitURL, Reason: w.Reason,
+		ExpiresAt: parseTime(w.ExpiresAt), ApprovalURL: w.ApprovalURL, WaitURL: w.WaitURL, CallbackURL: w.CallbackURL, Reason: w.Reason,
 		DecisionID: w.DecisionID, DecidedBy: w.DecidedBy, DecidedAt: parseTime(w.DecidedAt), Rule: w.Rule,
 		Uses: w.Uses, AgentID: w.AgentID, CreatedAt: parseTime(w.CreatedAt),
 	}
@@ -244,7 +253,7 @@ func (c *Client) RequestPermission(ctx context.Context, req Request, opts ...Req
 	body := requestBody{
 		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
 		TTL: seconds(req.TTL), ApprovalTTL: seconds(req.ApprovalTTL), Uses: positive(req.Uses),
-		IdempotencyKey: req.IdempotencyKey,
+		IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL,
 	}
 	if body.IdempotencyKey == "" {
 		body.IdempotencyKey = newIdempotencyKey()

@@ -47,7 +47,7 @@ func (p *Permission) Domain() *agentotp.Permission {
 		Scope: p.RequestedScope, Context: p.Context, Status: p.Status, CreatedAt: p.CreatedAt,
 		DecisionEventID: agentotp.EventID(p.DecisionID), DecidedBy: p.DecidedBy, DecidedAt: p.DecidedAt,
 		DecisionReason: p.Reason, GrantedScope: p.Scope, Uses: p.Uses, UsesRemaining: p.UsesRemaining,
-		Decision: agentotp.Decision{Rule: p.Rule},
+		Decision: agentotp.Decision{Rule: p.Rule}, CallbackURL: p.CallbackURL,
 	}
 	if d.Scope == nil {
 		d.Scope = p.Scope

@@ -8,6 +8,7 @@ import (
 	"text/tabwriter"
 
 	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/clients/otpclient"
 )
 
 func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -36,11 +37,12 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, err := a.CreateAgent(ctx, agentotp.AgentInput{Name: pos[0], Description: *desc})
+		ag, key, secret, err := createAgent(ctx, a, c, agentotp.AgentInput{Name: pos[0], Description: *desc}, stderr)
 		if err != nil {
 			return fail(stderr, "agents create", err)
 		}
 		fmt.Fprintf(stdout, "agent %s (%s) created\napi key (shown once): %s\n", ag.Name, ag.ID, key.Reveal())
+		printCallbackSecret(stdout, secret)
 	case "list":
 		list, err := a.ListAgents(ctx)
 		if err != nil {
@@ -56,11 +58,12 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, err := a.RotateAgentKey(ctx, pos[0])
+		ag, key, secret, err := rotateAgentKey(ctx, a, c, pos[0], stderr)
 		if err != nil {
 			return fail(stderr, "agents rotate", err)
 		}
 		fmt.Fprintf(stdout, "agent %s (%s): new api key (shown once): %s\n", ag.Name, ag.ID, key.Reveal())
+		printCallbackSecret(stdout, secret)
 	case "disable", "enable":
 		if !need(1) {
 			return 2
@@ -83,6 +86,63 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		return 2
 	}
 	return 0
+}
+
+// createAgent creates an agent and returns, besides its key, its callback
+// secret: derived here from the callback key in the data directory, or as
+// the server's response carries it (none when the server has no key).
+func createAgent(ctx context.Context, a admin, c *adminCmd, in agentotp.AgentInput, stderr io.Writer) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
+	if r, ok := a.(*remoteAdmin); ok {
+		ag, err := r.c.CreateAgent(ctx, otpclient.AgentInput{Name: in.Name, Description: in.Description, Metadata: in.Metadata})
+		if err != nil {
+			return nil, "", "", err
+		}
+		return fromAgent(ag), ag.Key(), ag.CallbackKey(), nil
+	}
+	ag, key, err := a.CreateAgent(ctx, in)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return ag, key, localCallbackSecret(c, ag, stderr), nil
+}
+
+// rotateAgentKey is createAgent for a key rotation, which rotates the
+// callback secret too.
+func rotateAgentKey(ctx context.Context, a admin, c *adminCmd, id string, stderr io.Writer) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
+	if r, ok := a.(*remoteAdmin); ok {
+		ag, err := r.c.RotateAgentKey(ctx, id)
+		if err != nil {
+			return nil, "", "", err
+		}
+		return fromAgent(ag), ag.Key(), ag.CallbackKey(), nil
+	}
+	ag, key, err := a.RotateAgentKey(ctx, id)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return ag, key, localCallbackSecret(c, ag, stderr), nil
+}
+
+// localCallbackSecret derives an agent's callback secret with the key of
+// the data directory the command works on (creating the key file as serve
+// would). A problem with the key is a warning: the API key, shown only
+// now, must be printed whatever happens.
+func localCallbackSecret(c *adminCmd, ag *agentotp.Agent, stderr io.Writer) agentotp.Secret {
+	cfg, err := c.load(env)
+	if err == nil {
+		var key []byte
+		if key, err = callbackKey(cfg); err == nil {
+			return agentotp.CallbackSecret(key, ag)
+		}
+	}
+	fmt.Fprintf(stderr, "agentotp: no callback secret: %v (rotate the key once this is fixed to get one)\n", err)
+	return ""
+}
+
+func printCallbackSecret(w io.Writer, secret agentotp.Secret) {
+	if secret != "" {
+		fmt.Fprintf(w, "callback secret (shown once, verifies decision callbacks): %s\n", secret.Reveal())
+	}
 }
 
 func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int {

@@ -31,10 +31,16 @@ type Config struct {
 	LogFormat      string  `yaml:"logFormat"`
 	RateLimit      float64 `yaml:"rateLimit"`
 	URL            string  `yaml:"url"`
+	// CallbackAllow lists, comma-separated, the hosts ("host" or
+	// "host:port") that decision callbacks may be sent to.
+	CallbackAllow string `yaml:"callbackAllow"`
 
 	AdminKey              agentotp.Secret `yaml:"-"`
 	TelegramToken         agentotp.Secret `yaml:"-"`
 	TelegramWebhookSecret agentotp.Secret `yaml:"-"`
+	// CallbackKey derives the agents' callback secrets (hex or base64,
+	// at least 32 bytes); empty = <data>/callback.key.
+	CallbackKey agentotp.Secret `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults of PRODUCT §2.
@@ -66,6 +72,7 @@ func (c *Config) settings() []setting {
 		{flag: "log-format", env: "AGENTOTP_LOG_FORMAT", usage: "log format: text or json", str: &c.LogFormat},
 		{flag: "rate-limit", env: "AGENTOTP_RATE_LIMIT", usage: "requests per second per API key (burst 2x); 0 = default 50, -1 = off", num: &c.RateLimit},
 		{flag: "url", env: "AGENTOTP_URL", usage: "server URL for remote admin commands", str: &c.URL},
+		{flag: "callback-allow", env: "AGENTOTP_CALLBACK_ALLOW", usage: "hosts (host or host:port, comma-separated) that decision callbacks may be sent to; empty = callbackUrl refused", str: &c.CallbackAllow},
 	}
 }
 
@@ -136,6 +143,9 @@ func configFlags(fs *flag.FlagSet, want ...string) func(env func(string) string)
 		if cfg.TelegramWebhookSecret, err = secretFromEnv(env, "AGENTOTP_TELEGRAM_WEBHOOK_SECRET"); err != nil {
 			return cfg, err
 		}
+		if cfg.CallbackKey, err = secretFromEnv(env, "AGENTOTP_CALLBACK_KEY"); err != nil {
+			return cfg, err
+		}
 		return cfg, cfg.Validate()
 	}
 }
@@ -188,10 +198,29 @@ func (c *Config) Validate() error {
 	if c.AdminKey != "" && (!agentotp.ValidKeyFormat(c.AdminKey.Reveal()) || !strings.HasPrefix(c.AdminKey.Reveal(), agentotp.UserKeyPrefix)) {
 		return fmt.Errorf("AGENTOTP_ADMIN_KEY: must be uk_ followed by 32 base64url characters")
 	}
+	if err := checkCallbackHosts(c.CallbackHosts()); err != nil {
+		return err
+	}
+	if c.CallbackKey != "" {
+		if _, err := decodeCallbackKey(c.CallbackKey.Reveal()); err != nil {
+			return fmt.Errorf("AGENTOTP_CALLBACK_KEY: %w", err)
+		}
+	}
 	if strings.HasPrefix(c.DB, "postgres") {
 		return fmt.Errorf("db: postgres is not supported yet; use a SQLite path")
 	}
 	return nil
+}
+
+// CallbackHosts returns the callback allow-list entries of CallbackAllow.
+func (c *Config) CallbackHosts() []string {
+	var out []string
+	for h := range strings.SplitSeq(c.CallbackAllow, ",") {
+		if h = strings.TrimSpace(h); h != "" {
+			out = append(out, h)
+		}
+	}
+	return out
 }
 
 // DBPath returns the SQLite file to open.

@@ -1,12 +1,19 @@
 package main
 
 import (
+	"io"
+	"net/http"
+	"net/http/httptest"
 	"regexp"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/clients/otpclient"
 )
 
 // A pending request is announced in the server log with who asks, for
@@ -71,4 +78,56 @@ func TestPendingIsLoggedWithTheCommand(t *testing.T) {
 	require.Eventually(t, func() bool {
 		return strings.Contains(log.String(), `msg="request resolved" id=`+id+" status=denied")
 	}, 5*time.Second, 10*time.Millisecond, log.String())
+}
+
+// serve with --callback-allow: a request's callbackUrl gets the decision,
+// signed with the secret `agents create` printed; an unlisted host is
+// refused at request time and never contacted.
+func TestServeDecisionCallbacks(t *testing.T) {
+	withEnv(t, nil)
+	type delivery struct {
+		sig  string
+		body []byte
+	}
+	got := make(chan delivery, 4)
+	receiver := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		b, _ := io.ReadAll(r.Body)
+		got <- delivery{r.Header.Get("X-Agentotp-Signature"), b}
+	}))
+	defer receiver.Close()
+	var strays atomic.Int32
+	stranger := httptest.NewServer(http.HandlerFunc(func(http.ResponseWriter, *http.Request) { strays.Add(1) }))
+	defer stranger.Close()
+
+	data := t.TempDir()
+	host := strings.TrimPrefix(receiver.URL, "http://")
+	url, adminKey, _, _ := startServerLog(t, "--data", data, "--callback-allow", host)
+	code, out, errs := run(t, "agents", "create", "hooked", "--data", data)
+	require.Equal(t, 0, code, errs)
+	key := regexp.MustCompile(`ak_\S+`).FindString(out)
+	secret := regexp.MustCompile(`callback secret .*: (\S+)`).FindStringSubmatch(out)
+	require.NotNil(t, secret, out)
+
+	status, _ := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "x.y", "callbackUrl": stranger.URL + "/hook"})
+	require.Equal(t, 400, status)
+
+	status, body := call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "x.y", "callbackUrl": receiver.URL + "/hook"})
+	require.Equal(t, 202, status)
+	id := body["id"].(string)
+	status, _ = call(t, "POST", url+"/api/v1/permissions/"+id+"/decide", adminKey, map[string]any{"approved": true})
+	require.Equal(t, 200, status)
+
+	select {
+	case d := <-got:
+		ev, err := otpclient.VerifyCallback(agentotp.Secret(secret[1]), d.sig, d.body, time.Now(), 0)
+		require.NoError(t, err)
+		require.Equal(t, id, ev.ID)
+		require.Equal(t, "permission.approved", ev.Event)
+		require.NotContains(t, string(d.body), "otp_")
+		_, err = otpclient.VerifyCallback(agentotp.Secret(secret[1]+"x"), d.sig, d.body, time.Now(), 0)
+		require.Error(t, err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no callback arrived")
+	}
+	require.Zero(t, strays.Load())
 }

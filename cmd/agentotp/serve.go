@@ -19,6 +19,7 @@ import (
 	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/httpapi"
 	"github.com/agentotp/agentotp/notify"
+	"github.com/agentotp/agentotp/notify/callback"
 	"github.com/agentotp/agentotp/policy"
 	"github.com/agentotp/agentotp/store/sqlite"
 )
@@ -52,7 +53,10 @@ type app struct {
 	svc    *agentotp.Service
 }
 
-func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string, notifiers ...agentotp.Notifier) (*app, error) {
+// openApp opens the store and the policies and builds the service. setup,
+// when given, completes the service's options once the store is open
+// (serve adds its notifiers there).
+func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string, setup ...func(*sqlite.Store, *agentotp.Options) error) (*app, error) {
 	if cfg.DB == "" {
 		if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
@@ -72,11 +76,14 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 		st.Close()
 		return nil, err
 	}
-	var n agentotp.Notifier
-	if len(notifiers) > 0 {
-		n = notify.Fanout(notifiers)
+	opts := agentotp.Options{Evaluator: a.engine, Logger: logger, PublicURL: publicURL}
+	for _, f := range setup {
+		if err := f(st, &opts); err != nil {
+			a.Close()
+			return nil, err
+		}
 	}
-	a.svc = agentotp.NewService(st, agentotp.Options{Evaluator: a.engine, Notifier: n, Logger: logger, PublicURL: publicURL})
+	a.svc = agentotp.NewService(st, opts)
 	return a, nil
 }
 
@@ -137,11 +144,32 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	logNotifier := &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
 		return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
 	}}
-	a, err := openApp(ctx, cfg, logger, publicURL, logNotifier)
+	var (
+		cbKey      []byte
+		cbNotifier *callback.Notifier
+	)
+	a, err := openApp(ctx, cfg, logger, publicURL, func(st *sqlite.Store, o *agentotp.Options) error {
+		fan := notify.Fanout{logNotifier}
+		var err error
+		o.CallbackHosts, cbKey, cbNotifier, err = callbackSetup(cfg, st, logger)
+		if err != nil {
+			return err
+		}
+		if cbNotifier != nil {
+			fan = append(fan, cbNotifier)
+		}
+		o.Notifier = fan
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	defer a.Close()
+	if cbNotifier != nil {
+		// Deferred before the sweeper and the HTTP server stop, so it
+		// runs after them: nothing resolves once the queue is closed.
+		defer cbNotifier.Close()
+	}
 
 	key, fresh, err := adminKey(cfg)
 	if err != nil {
@@ -151,7 +179,7 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
 
-	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version})
+	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version, CallbackKey: cbKey})
 	mountMCP(api, a.svc, publicURL)
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)

@@ -11,10 +11,14 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// The id, owner, creation time and idempotency key identify the request and
-// never change; UpdatePermission writes the mutable columns. Both statements
-// derive from these lists, so argument order cannot drift.
-const immutablePermissionColumns = `id, agent_id, created_at, idempotency_key`
+// The id, owner, creation time, idempotency key and callback URL identify
+// the request and never change; UpdatePermission writes the mutable
+// columns. Both statements derive from these lists, so argument order
+// cannot drift.
+const immutablePermissionColumns = `id, agent_id, created_at, idempotency_key, callback_url`
+
+// immutablePermissionCount is how many names immutablePermissionColumns holds.
+var immutablePermissionCount = strings.Count(immutablePermissionColumns, ",") + 1
 
 var mutablePermissionColumns = []string{
 	"action", "resource", "scope_json", "context_json",
@@ -32,7 +36,7 @@ var (
 	selectPermission = `SELECT ` + permissionColumns + ` FROM permissions`
 
 	insertPermissionSQL = `INSERT INTO permissions (` + permissionColumns + `) VALUES (?` +
-		strings.Repeat(", ?", 3+len(mutablePermissionColumns)) + `)`
+		strings.Repeat(", ?", immutablePermissionCount-1+len(mutablePermissionColumns)) + `)`
 
 	updatePermissionSQL = `UPDATE permissions SET ` +
 		strings.Join(mutablePermissionColumns, " = ?, ") + ` = ? WHERE id = ? AND status = ?`
@@ -86,14 +90,14 @@ func permissionArgs(p *agentotp.Permission) ([]any, error) {
 func scanPermission(sc scanner) (*agentotp.Permission, error) {
 	var (
 		p                                        agentotp.Permission
-		agentID, tokenHash                       sql.NullString
+		agentID, tokenHash, callbackURL          sql.NullString
 		scope, pctx, dscope, approvers, granted  sql.NullString
 		created, updated, approvalExp, decidedAt sql.NullInt64
 		tokenExp, tokenIssued, revoked           sql.NullInt64
 		effect                                   string
 		decisionTTL, tokenTTL                    int64
 	)
-	err := sc.Scan(&p.ID, &agentID, &created, &p.IdempotencyKey,
+	err := sc.Scan(&p.ID, &agentID, &created, &p.IdempotencyKey, &callbackURL,
 		&p.Action, &p.Resource, &scope, &pctx,
 		&p.Status, &updated, &approvalExp,
 		&effect, &p.Decision.Rule, &p.Decision.PolicyVersion, &p.Decision.Reason, &dscope,
@@ -106,6 +110,7 @@ func scanPermission(sc scanner) (*agentotp.Permission, error) {
 	}
 	p.AgentID = agentotp.AgentID(agentID.String)
 	p.TokenHash = tokenHash.String
+	p.CallbackURL = callbackURL.String
 	p.CreatedAt, p.UpdatedAt, p.ApprovalExpiresAt = fromNanos(created), fromNanos(updated), fromNanos(approvalExp)
 	p.DecidedAt, p.TokenExpiresAt = fromNanos(decidedAt), fromNanos(tokenExp)
 	p.TokenIssuedAt, p.RevokedAt = fromNanos(tokenIssued), fromNanos(revoked)
@@ -265,7 +270,7 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 	if p.AgentID != "" {
 		agentID = string(p.AgentID)
 	}
-	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey}, args...)
+	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, args...)
 	_, err = t.stmt(ctx, t.s.insertPermission).ExecContext(ctx, all...)
 	return storeErr("create permission", err, failure{
 		conflict: "permission already exists (id, idempotency key or token)",

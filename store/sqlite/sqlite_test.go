@@ -80,7 +80,7 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, a.Name, got.Name)
 		require.NoError(t, s.Close())
 	}
-	require.Equal(t, 1, countRows(t, raw(t, path), "schema_migrations"))
+	require.Equal(t, migrationCount(t), countRows(t, raw(t, path), "schema_migrations"))
 
 	t.Run("concurrent opens of a new file", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "race.db")
@@ -101,8 +101,45 @@ func TestMigrations(t *testing.T) {
 		}
 		wg.Wait()
 		db := raw(t, path)
-		require.Equal(t, 1, countRows(t, db, "schema_migrations"))
+		require.Equal(t, migrationCount(t), countRows(t, db, "schema_migrations"))
 		require.Equal(t, 8, countRows(t, db, "agents"))
+	})
+
+	t.Run("upgrades a database made by the first schema", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "v1.db")
+		db := raw(t, path)
+		v1, err := os.ReadFile("migrations/0001_init.sql")
+		require.NoError(t, err)
+		_, err = db.Exec(string(v1))
+		require.NoError(t, err)
+		// As the store of that version recorded it.
+		_, err = db.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
+			INSERT INTO schema_migrations VALUES (1, '0001_init.sql', 0)`)
+		require.NoError(t, err)
+		agent := agentotp.NewAgentID()
+		old := agentotp.NewPermissionID()
+		_, err = db.Exec(`INSERT INTO agents (id, name, description, active, key_hash, key_prefix) VALUES (?, 'old', '', 1, 'h', 'ak_x')`, string(agent))
+		require.NoError(t, err)
+		_, err = db.Exec(`INSERT INTO permissions (id, agent_id, action, resource, idempotency_key, status,
+			decision_effect, decision_rule, decision_policy_version, decision_reason, decision_token_ttl_ns, decision_uses,
+			decision_use_when, decision_quorum, decision_event_id, decided_by, decided_reason, token_ttl_ns, uses, uses_remaining)
+			VALUES (?, ?, 'db.query', 'db://x', 'k1', 'pending', 'require_approval', 'r', 'v', '', 0, 0, '', 1, 'evt', '', '', 0, 1, 0)`,
+			string(old), string(agent))
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
+
+		s := open(t, path, sqlite.Options{})
+		got, err := s.Permission(ctx, old)
+		require.NoError(t, err)
+		require.Equal(t, "db.query", got.Action)
+		require.Empty(t, got.CallbackURL, "rows from before the column read as no callback")
+		p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: agent, Status: agentotp.StatusPending,
+			Uses: 1, CallbackURL: "https://hooks.example.com/cb"}
+		require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error { return tx.CreatePermission(ctx, p) }))
+		got, err = s.Permission(ctx, p.ID)
+		require.NoError(t, err)
+		require.Equal(t, p.CallbackURL, got.CallbackURL)
+		require.Equal(t, migrationCount(t), countRows(t, raw(t, path), "schema_migrations"))
 	})
 
 	t.Run("refuses a newer schema", func(t *testing.T) {
@@ -123,6 +160,15 @@ func raw(t testing.TB, path string) *sql.DB {
 	require.NoError(t, err)
 	t.Cleanup(func() { db.Close() })
 	return db
+}
+
+// migrationCount is how many migrations the package embeds.
+func migrationCount(t *testing.T) int {
+	t.Helper()
+	files, err := filepath.Glob("migrations/*.sql")
+	require.NoError(t, err)
+	require.NotEmpty(t, files)
+	return len(files)
 }
 
 func countRows(t *testing.T, db *sql.DB, table string) int {

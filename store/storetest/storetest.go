@@ -154,6 +154,7 @@ func fullPermission(agent agentotp.AgentID) *agentotp.Permission {
 		Scope:             object(),
 		Context:           map[string]any{"ticket": "OPS-1", "why": long},
 		IdempotencyKey:    "idem-" + emoji + injection + string(id),
+		CallbackURL:       "https://hooks.example.com:8443/cb/" + string(id) + "?q=" + injection + emoji,
 		Status:            agentotp.StatusApproved,
 		CreatedAt:         at(0),
 		UpdatedAt:         at(time.Nanosecond),
@@ -291,9 +292,12 @@ func testPermissionRoundTrip(t *testing.T, s agentotp.Store) {
 		q.Status, q.UpdatedAt = agentotp.StatusRevoked, at(time.Hour)
 		q.Decision.Effect, q.Decision.Approvers, q.Decision.Scope = agentotp.EffectAutoApprove, nil, nil
 		q.Action = "changed " + emoji
+		q.CallbackURL = "https://elsewhere.example/changed"
 		update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, q, agentotp.StatusPending) })
 		got, err := s.Permission(ctx, p.ID)
 		require.NoError(t, err)
+		require.Equal(t, p.CallbackURL, got.CallbackURL, "the callback URL is fixed at creation")
+		q.CallbackURL = p.CallbackURL
 		require.Equal(t, q, got)
 	})
 }
