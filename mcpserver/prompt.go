@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
-	"sync"
 
 	"github.com/mark3labs/mcp-go/mcp"
 
@@ -32,33 +31,27 @@ func (s *Server) approvalPrompt(ctx context.Context, a Permissions, req mcp.Call
 		input = map[string]any{}
 	}
 	bound, _ := agentFrom(ctx)
-	key := promptKey(bound.identity, name, input)
-	idem := s.prompts.key(key)
-
-	perm, tok, err := a.Authorize(ctx, agentotp.PermissionRequest{
-		Action: "claude." + name, Scope: input, IdempotencyKey: idem,
-	}, s.promptWait)
+	v, err := s.prompts.Ask(ctx, a, promptKey(bound.identity, name, input), name,
+		agentotp.PermissionRequest{Action: "claude." + name, Scope: input})
 	if err != nil {
-		s.prompts.forget(key)
 		return deny("agentotp could not decide: " + resultText(s.errorResult(ctx, "approval_prompt", err)))
 	}
-	if perm.Status == agentotp.StatusPending {
+	perm := v.Permission
+	switch {
+	case perm.Status == agentotp.StatusPending:
 		return deny(fmt.Sprintf("approval pending (%s): a person must approve at %s. Try the same tool call again to pick up the decision.",
 			perm.ID, a.ApprovalURL(perm.ID)))
-	}
-	s.prompts.forget(key)
-	switch {
-	case perm.Status == agentotp.StatusApproved && tok != "":
+	case v.Allowed:
 		granted := perm.GrantedScope
 		if granted == nil {
 			granted = input
 		}
-		r, err := a.UseToken(ctx, perm.ID, tok, granted)
-		if err != nil {
+		ok, msg, err := s.prompts.Spend(ctx, a, v, name, granted)
+		switch {
+		case err != nil:
 			return deny("agentotp could not record the use: " + resultText(s.errorResult(ctx, "approval_prompt", err)))
-		}
-		if !r.Success {
-			return deny(fmt.Sprintf("approved (%s) but the use was refused: %s", perm.ID, r.Reason))
+		case !ok:
+			return deny(msg)
 		}
 		return allow(granted)
 	case perm.Status == agentotp.StatusApproved:
@@ -105,37 +98,4 @@ func promptKey(identity, name string, input map[string]any) string {
 	h.Write([]byte{0})
 	h.Write(b)
 	return hex.EncodeToString(h.Sum(nil))
-}
-
-// pendingPrompts remembers the idempotency key of each tool call still
-// waiting for a person, so that Claude Code asking again for the same call
-// picks up that decision instead of asking the person twice.
-type pendingPrompts struct {
-	mu sync.Mutex
-	m  map[string]string
-}
-
-// maxPrompts bounds the calls remembered.
-const maxPrompts = 1000
-
-func newPendingPrompts() *pendingPrompts { return &pendingPrompts{m: map[string]string{}} }
-
-func (p *pendingPrompts) key(call string) string {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if k, ok := p.m[call]; ok {
-		return k
-	}
-	if len(p.m) >= maxPrompts {
-		clear(p.m)
-	}
-	k := "prompt-" + newSessionID()[len("mcp-session-"):]
-	p.m[call] = k
-	return k
-}
-
-func (p *pendingPrompts) forget(call string) {
-	p.mu.Lock()
-	delete(p.m, call)
-	p.mu.Unlock()
 }

@@ -29,9 +29,8 @@ import (
 // *agentotp.AgentSession (in process) and *otpclient.Client (over HTTP)
 // implement it.
 type Permissions interface {
-	// Authorize asks for a permission and waits up to wait while it is
-	// pending; an error means asking failed, not that it was refused.
-	Authorize(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration) (*agentotp.Permission, agentotp.Secret, error)
+	// Authorize and Spend: asking and spending, as a Guard does.
+	agentotp.GuardAuthorizer
 	// Await reads a permission, waiting up to wait while it is pending.
 	Await(ctx context.Context, id agentotp.PermissionID, wait time.Duration) (*agentotp.Permission, agentotp.Secret, error)
 	VerifyToken(ctx context.Context, id agentotp.PermissionID, token agentotp.Secret) (agentotp.VerifyResult, error)
@@ -64,7 +63,7 @@ type Server struct {
 	mcp        *server.MCPServer
 	log        *slog.Logger
 	promptWait time.Duration
-	prompts    *pendingPrompts
+	prompts    *agentotp.Guard // approval_prompt's calls
 }
 
 // New returns the server with its tools registered.
@@ -78,7 +77,7 @@ func New(opts Options) *Server {
 	if opts.PromptWait <= 0 || opts.PromptWait > MaxWait {
 		opts.PromptWait = MaxWait
 	}
-	s := &Server{log: opts.Logger, promptWait: opts.PromptWait, prompts: newPendingPrompts()}
+	s := &Server{log: opts.Logger, promptWait: opts.PromptWait, prompts: agentotp.NewGuard(opts.PromptWait)}
 	s.mcp = server.NewMCPServer("agentotp", opts.Version,
 		server.WithToolCapabilities(false),
 		server.WithLogging(),

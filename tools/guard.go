@@ -14,11 +14,8 @@ package tools
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"sync"
 	"time"
 
 	lctools "github.com/tmc/langchaingo/tools"
@@ -39,8 +36,8 @@ type Authorizer interface {
 	Spend(ctx context.Context, id agentotp.PermissionID, token agentotp.Secret, details map[string]any) error
 }
 
-// maxPending bounds the pending requests a guard remembers.
-const maxPending = 1000
+// An Authorizer is exactly what the root Guard asks through.
+var _ agentotp.GuardAuthorizer = Authorizer(nil)
 
 // DefaultWait bounds how long one tool call waits for a human.
 const DefaultWait = 2 * time.Minute
@@ -153,16 +150,15 @@ type Guarded struct {
 	inner lctools.Tool
 	auth  Authorizer
 	cfg   config
-
-	mu      sync.Mutex
-	pending map[string]string // tool input → idempotency key of its pending request
+	guard *agentotp.Guard
 }
 
 var _ lctools.Tool = (*Guarded)(nil)
 
 // Guard wraps tool so that each Call asks auth for permission first.
 func Guard(tool lctools.Tool, auth Authorizer, opts ...Option) *Guarded {
-	return &Guarded{inner: tool, auth: auth, cfg: newConfig(opts), pending: map[string]string{}}
+	cfg := newConfig(opts)
+	return &Guarded{inner: tool, auth: auth, cfg: cfg, guard: agentotp.NewGuard(cfg.wait)}
 }
 
 // GuardAll guards every tool with the same authorizer and options.
@@ -195,33 +191,13 @@ func (g *Guarded) Call(ctx context.Context, input string) (string, error) {
 	if msg != "" {
 		return msg, nil
 	}
-	g.mu.Lock()
-	key, again := g.pending[input]
-	if !again {
-		key = newKey()
-	}
-	g.mu.Unlock()
-	// Asking again with the key of a still-pending request picks up that
-	// request's decision instead of asking the human twice.
-	req.IdempotencyKey = key
-
-	perm, token, err := g.auth.Authorize(ctx, req, g.cfg.wait)
+	// The same input asked again picks up the decision on its pending
+	// request instead of asking the human twice.
+	v, err := g.guard.Ask(ctx, g.auth, input, name, req)
 	if err != nil {
 		return "", fmt.Errorf("agentotp: ask permission for %s: %w", name, err)
 	}
-	g.mu.Lock()
-	if perm.Status == agentotp.StatusPending {
-		if len(g.pending) >= maxPending {
-			clear(g.pending)
-		}
-		g.pending[input] = key
-	} else {
-		delete(g.pending, input)
-	}
-	g.mu.Unlock()
-
-	o := &Outcome{Tool: name, Input: input, Request: req, Permission: perm}
-	o.Allowed, o.Message = verdict(name, perm, token)
+	o := &Outcome{Tool: name, Input: input, Request: req, Permission: v.Permission, Allowed: v.Allowed, Message: v.Message}
 	if g.cfg.hook != nil {
 		allowed := o.Allowed
 		if err := g.cfg.hook(ctx, o); err != nil {
@@ -240,12 +216,12 @@ func (g *Guarded) Call(ctx context.Context, input string) (string, error) {
 	if g.cfg.details != nil {
 		details = g.cfg.details(input)
 	}
-	if err := g.auth.Spend(ctx, perm.ID, token, details); err != nil {
-		if errors.Is(err, agentotp.ErrConflict) {
-			return fmt.Sprintf("Permission %s for %s was approved but could not be used (%s). The tool did not run.",
-				perm.ID, name, errText(err)), nil
-		}
-		return "", fmt.Errorf("agentotp: use permission %s for %s: %w", perm.ID, name, err)
+	ok, msg, err := g.guard.Spend(ctx, g.auth, v, name, details)
+	if err != nil {
+		return "", fmt.Errorf("agentotp: %w", err)
+	}
+	if !ok {
+		return msg, nil
 	}
 	return g.inner.Call(ctx, input)
 }
@@ -270,42 +246,6 @@ func buildRequest(ctx context.Context, cfg config, name, input string) (agentotp
 		req.Context = cfg.context(ctx, name, input)
 	}
 	return req, ""
-}
-
-// verdict turns a decision into "allowed" or the words the model reads.
-func verdict(name string, p *agentotp.Permission, token agentotp.Secret) (bool, string) {
-	reason := ""
-	if p.DecisionReason != "" {
-		reason = " Reason: " + p.DecisionReason + "."
-	}
-	switch p.Status {
-	case agentotp.StatusApproved:
-		if token != "" {
-			return true, ""
-		}
-		return false, fmt.Sprintf("Permission %s for %s was approved, but its token was not delivered to this agent. The tool did not run; call it again to ask anew.", p.ID, name)
-	case agentotp.StatusPending:
-		return false, fmt.Sprintf("Permission for %s is still waiting for a human decision (request %s). The tool did not run. Calling it again with the same input picks up the decision; meanwhile you may do something else.", name, p.ID)
-	case agentotp.StatusDenied:
-		return false, fmt.Sprintf("Permission denied for %s.%s The tool did not run. Do not retry the same call; choose another approach or tell the user.", name, reason)
-	case agentotp.StatusExpired:
-		return false, fmt.Sprintf("Permission for %s expired before anyone approved it (request %s). The tool did not run.", name, p.ID)
-	}
-	return false, fmt.Sprintf("Permission for %s is %s.%s The tool did not run.", name, p.Status, reason)
-}
-
-func errText(err error) string {
-	var e *agentotp.Error
-	if errors.As(err, &e) && e.Message != "" {
-		return e.Message
-	}
-	return err.Error()
-}
-
-func newKey() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "guard-" + hex.EncodeToString(b[:])
 }
 
 // asDomain finds an *agentotp.Error, or reads a client error's wire code

@@ -80,7 +80,7 @@ func (t *RequestTool) Call(ctx context.Context, input string) (string, error) {
 		return "", fmt.Errorf("agentotp: request permission %s: %w", in.Action, err)
 	}
 	o := &Outcome{Tool: t.Name(), Input: input, Request: req, Permission: perm}
-	o.Allowed, o.Message = verdict(in.Action, perm, token)
+	o.Allowed, o.Message = agentotp.Verdict(in.Action, perm, token)
 	if t.cfg.hook != nil {
 		allowed := o.Allowed
 		if err := t.cfg.hook(ctx, o); err != nil {

@@ -1,0 +1,95 @@
+package agentotp_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+)
+
+// fakeAuth answers Authorize with a fixed status and records the keys.
+type fakeAuth struct {
+	status   agentotp.Status
+	keys     []string
+	spendErr error
+	spent    int
+}
+
+func (f *fakeAuth) Authorize(_ context.Context, req agentotp.PermissionRequest, _ time.Duration) (*agentotp.Permission, agentotp.Secret, error) {
+	f.keys = append(f.keys, req.IdempotencyKey)
+	p := &agentotp.Permission{ID: "perm_x", Status: f.status, DecisionReason: "because"}
+	if f.status == agentotp.StatusApproved {
+		return p, "otp_t", nil
+	}
+	return p, "", nil
+}
+
+func (f *fakeAuth) Spend(context.Context, agentotp.PermissionID, agentotp.Secret, map[string]any) error {
+	f.spent++
+	return f.spendErr
+}
+
+func TestGuardPicksUpPendingCalls(t *testing.T) {
+	g := agentotp.NewGuard(0)
+	ctx := context.Background()
+	a := &fakeAuth{status: agentotp.StatusPending}
+	for range 2 {
+		v, err := g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+		require.NoError(t, err)
+		require.False(t, v.Allowed)
+		require.Contains(t, v.Message, "approval pending")
+	}
+	_, err := g.Ask(ctx, a, "call-2", "send", agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	require.Equal(t, a.keys[0], a.keys[1], "the same call asks with the same key")
+	require.NotEqual(t, a.keys[0], a.keys[2], "another call asks anew")
+
+	// Once decided, the call is forgotten: asking again is a new request.
+	a.status = agentotp.StatusDenied
+	v, err := g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	require.Contains(t, v.Message, "Permission denied for send. Reason: because.")
+	_, err = g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	require.NotEqual(t, a.keys[3], a.keys[4])
+}
+
+func TestGuardSpendsBeforeRunning(t *testing.T) {
+	ctx := context.Background()
+	boom := errors.New("connection reset")
+	for _, tc := range []struct {
+		name     string
+		status   agentotp.Status
+		spendErr error
+		ok       bool
+		msg      string
+		err      error
+		spent    int
+	}{
+		{"approved", agentotp.StatusApproved, nil, true, "", nil, 1},
+		{"not approved: nothing spent", agentotp.StatusExpired, nil, false, "expired before anyone approved it", nil, 0},
+		{"use refused", agentotp.StatusApproved, agentotp.Errorf(agentotp.CodeConflict, "outside the granted scope"), false,
+			"could not be used (outside the granted scope)", nil, 1},
+		{"agentotp unreachable", agentotp.StatusApproved, boom, false, "", boom, 1},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := agentotp.NewGuard(0)
+			a := &fakeAuth{status: tc.status, spendErr: tc.spendErr}
+			v, err := g.Ask(ctx, a, "k", "send", agentotp.PermissionRequest{Action: "x"})
+			require.NoError(t, err)
+			ok, msg, err := g.Spend(ctx, a, v, "send", nil)
+			require.Equal(t, tc.ok, ok)
+			require.Contains(t, msg, tc.msg)
+			if tc.err != nil {
+				require.ErrorIs(t, err, tc.err)
+			} else {
+				require.NoError(t, err)
+			}
+			require.Equal(t, tc.spent, a.spent)
+		})
+	}
+}
