@@ -69,7 +69,11 @@ type EvalInput struct {
 	Scope    map[string]any
 	Context  map[string]any
 	Now      time.Time
-	Tool     *ToolCall
+	// Tool is the MCP tool call for gateway requests, nil otherwise. At
+	// request time it carries the call's Args; when a token is used, the
+	// call stored on the permission, with Args only when the scope is
+	// those arguments (nil otherwise, so rules reading them fail closed).
+	Tool *ToolCall
 }
 
 // Evaluator decides requests. It must be safe for concurrent use. An error

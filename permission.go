@@ -53,6 +53,8 @@ const (
 	MaxReasonLen         = 1000
 	MaxNameLen           = 255
 	MaxDescriptionLen    = 1000
+	// MaxToolNameLen bounds a tool call's server and tool names.
+	MaxToolNameLen = 255
 	// MaxObjectKeys bounds scope, context, details and metadata objects
 	// (threat D1: a 10 000-key scope is refused, not stored).
 	MaxObjectKeys = 256
@@ -76,9 +78,13 @@ type Permission struct {
 	// CallbackURL receives the signed status when the permission is
 	// decided, expires or is revoked; "" = none. Set at request time only.
 	CallbackURL string
-	Status      Status
-	CreatedAt   time.Time
-	UpdatedAt   time.Time
+	// Tool is the MCP tool call the permission was asked for (nil: not a
+	// tool call). Set at request time only; its Args are not kept (the
+	// scope holds them), only their ArgsHash.
+	Tool      *ToolCall
+	Status    Status
+	CreatedAt time.Time
+	UpdatedAt time.Time
 	// ApprovalExpiresAt ends the pending window (approvalTtl).
 	ApprovalExpiresAt time.Time
 
@@ -171,19 +177,13 @@ type PermissionRequest struct {
 	// CallbackURL, when set, receives the signed outcome (see
 	// CallbackSignature). Its host must be on the service's allow-list.
 	CallbackURL string
-	// Tool and Args are set by the MCP gateway for gated tool calls.
+	// Tool is set by the MCP gateway for a gated tool call; nil otherwise.
+	// Validate fills in its ArgsHash.
 	Tool *ToolCall
 }
 
-// ToolCall describes a gateway-mediated MCP tool call for the policy.
-type ToolCall struct {
-	Server      string
-	Name        string
-	Annotations map[string]any
-	Args        map[string]any
-}
-
-// Validate checks a request at the edge and fills defaults.
+// Validate checks a request at the edge and fills defaults. A tool call is
+// replaced by a checked copy whose ArgsHash is computed from its Args.
 func (r *PermissionRequest) Validate() error {
 	switch {
 	case r.Action == "":
@@ -233,7 +233,17 @@ func (r *PermissionRequest) Validate() error {
 	if err := ValidateObject("scope", r.Scope); err != nil {
 		return err
 	}
-	return ValidateObject("context", r.Context)
+	if err := ValidateObject("context", r.Context); err != nil {
+		return err
+	}
+	if r.Tool != nil {
+		t, err := r.Tool.validated()
+		if err != nil {
+			return err
+		}
+		r.Tool = t
+	}
+	return nil
 }
 
 // validText rejects invalid UTF-8, NUL and other C0/C1 control characters

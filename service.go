@@ -211,7 +211,7 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		ID: NewPermissionID(), AgentID: agent.ID, Action: req.Action, Resource: req.Resource,
 		Scope: req.Scope, Context: req.Context, IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL,
 		CreatedAt: now, UpdatedAt: now, ApprovalExpiresAt: now.Add(req.ApprovalTTL),
-		Decision: d, TokenTTL: req.TTL, Uses: req.Uses, GrantedScope: req.Scope,
+		Decision: d, TokenTTL: req.TTL, Uses: req.Uses, GrantedScope: req.Scope, Tool: storedTool(req.Tool),
 	}
 	// A policy may shorten the token's life and uses, never extend them.
 	if d.TokenTTL > 0 && d.TokenTTL < perm.TokenTTL {
@@ -228,6 +228,9 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		"action": req.Action, "resource": req.Resource, "scope": req.Scope, "context": req.Context,
 		"ttl": int(req.TTL / time.Second), "approvalTtl": int(req.ApprovalTTL / time.Second), "uses": req.Uses,
 		"decision": decisionDetails(d, evalErr),
+	}
+	if t := perm.Tool; t != nil {
+		reqDetails["tool"] = map[string]any{"server": t.Server, "name": t.Name, "annotations": t.Annotations, "argsSha256": t.ArgsHash}
 	}
 	if u, err := url.Parse(req.CallbackURL); err == nil && req.CallbackURL != "" {
 		// Where the outcome will be sent; path and query may carry the
@@ -301,7 +304,8 @@ func (s *Service) replay(ctx context.Context, p Principal, req PermissionRequest
 			return err
 		}
 		if perm.Action != req.Action || perm.Resource != req.Resource || perm.CallbackURL != req.CallbackURL ||
-			!reflect.DeepEqual(perm.Scope, req.Scope) || !reflect.DeepEqual(perm.Context, req.Context) {
+			!reflect.DeepEqual(perm.Scope, req.Scope) || !reflect.DeepEqual(perm.Context, req.Context) ||
+			!sameTool(perm.Tool, req.Tool) {
 			return Errorf(CodeConflict, "idempotencyKey was already used for a different request")
 		}
 		out = perm

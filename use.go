@@ -152,10 +152,12 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 // recheck asks the policy again at use: a rule that now denies the request
 // stops tokens issued before it (threat A11), so an operator's emergency deny
 // takes effect at once. Only a deny refuses; an evaluation error refuses too
-// (fail closed). The decision's policy version is on the permission.
+// (fail closed). The decision's policy version is on the permission. A tool
+// call's permission shows the policy the same tool again, with the
+// arguments when they are the scope (see useTool).
 func (s *Service) recheck(ctx context.Context, p Principal, perm *Permission, now time.Time) string {
 	d, err := s.eval.Evaluate(ctx, EvalInput{Agent: p.Agent, Action: perm.Action, Resource: perm.Resource,
-		Scope: perm.Scope, Context: perm.Context, Now: now})
+		Scope: perm.Scope, Context: perm.Context, Now: now, Tool: useTool(perm)})
 	switch {
 	case err != nil:
 		s.log.Error("policy re-check at use failed", "permission", perm.ID, "rule", d.Rule, "err", err)

@@ -36,7 +36,7 @@ func (s *Server) requestPermission(w http.ResponseWriter, r *http.Request, p age
 		return
 	}
 	req := agentotp.PermissionRequest{Action: b.Action, Resource: b.Resource, Scope: b.Scope, Context: b.Context,
-		IdempotencyKey: b.IdempotencyKey, CallbackURL: b.CallbackURL}
+		IdempotencyKey: b.IdempotencyKey, CallbackURL: b.CallbackURL, Tool: b.Tool.domain()}
 	if req.IdempotencyKey == "" {
 		req.IdempotencyKey = r.Header.Get("Idempotency-Key")
 	}

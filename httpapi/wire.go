@@ -26,6 +26,44 @@ type permissionRequestBody struct {
 	Uses           *int           `json:"uses"`
 	IdempotencyKey string         `json:"idempotencyKey"`
 	CallbackURL    string         `json:"callbackUrl"`
+	Tool           *toolBody      `json:"tool"`
+}
+
+// toolBody is the MCP tool call a request is for. The server hashes args
+// (agentotp.ArgsHash) and keeps only the hash; a client cannot send one.
+type toolBody struct {
+	Server      string         `json:"server"`
+	Name        string         `json:"name"`
+	Annotations map[string]any `json:"annotations"`
+	Args        map[string]any `json:"args"`
+}
+
+func (b *toolBody) domain() *agentotp.ToolCall {
+	if b == nil {
+		return nil
+	}
+	return &agentotp.ToolCall{Server: b.Server, Name: b.Name, Annotations: b.Annotations, Args: b.Args}
+}
+
+// toolJSON is the tool call a permission was asked for, as its agent and
+// its approvers see it: the arguments by their hash (the scope shows them
+// for gateway calls).
+type toolJSON struct {
+	Server      string         `json:"server"`
+	Name        string         `json:"name"`
+	Annotations map[string]any `json:"annotations"`
+	ArgsSHA256  string         `json:"argsSha256"`
+}
+
+func toolView(t *agentotp.ToolCall) *toolJSON {
+	if t == nil {
+		return nil
+	}
+	v := &toolJSON{Server: t.Server, Name: t.Name, Annotations: t.Annotations, ArgsSHA256: t.ArgsHash}
+	if v.Annotations == nil {
+		v.Annotations = map[string]any{}
+	}
+	return v
 }
 
 type permissionJSON struct {
@@ -42,6 +80,7 @@ type permissionJSON struct {
 	WaitURL        string         `json:"waitUrl,omitempty"`
 	WebhookURL     string         `json:"webhookUrl,omitempty"`
 	CallbackURL    string         `json:"callbackUrl,omitempty"`
+	Tool           *toolJSON      `json:"tool,omitempty"`
 	Reason         string         `json:"reason,omitempty"`
 	DecisionReason string         `json:"decisionReason,omitempty"`
 	DecidedBy      string         `json:"decidedBy,omitempty"`
@@ -66,6 +105,7 @@ func (s *Server) permissionView(p *agentotp.Permission, token agentotp.Secret, s
 		Scope: p.GrantedScope, Context: p.Context, ExpiresAt: ts(p.ExpiresAt()),
 		DecisionReason: p.DecisionReason, DecidedBy: decidedBy(p), DecidedAt: ts(p.DecidedAt),
 		DecisionID: string(p.DecisionEventID), CreatedAt: ts(p.CreatedAt), Uses: p.Uses,
+		Tool: toolView(p.Tool),
 	}
 	if v.Scope == nil {
 		v.Scope = map[string]any{}

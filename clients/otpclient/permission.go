@@ -70,6 +70,10 @@ type Request struct {
 	// when the request is decided, expires or is revoked. Its host must be
 	// on the server's callback allow-list. See VerifyCallback.
 	CallbackURL string
+	// Tool names the MCP tool call the permission is for (gateways set
+	// it): Server, Name, Annotations and Args are sent; the server hashes
+	// Args itself, so ArgsHash is not sent.
+	Tool *agentotp.ToolCall
 }
 
 // Permission is a permission request as the server reports it.
@@ -97,6 +101,9 @@ type Permission struct {
 	WaitURL string
 	// CallbackURL is where the server sends the outcome (own agent only).
 	CallbackURL string
+	// Tool is the MCP tool call the permission was asked for, nil for
+	// other requests: the arguments by their ArgsHash only (Args is nil).
+	Tool *agentotp.ToolCall
 	// Reason explains a denial, expiry or revocation; for an approval it
 	// is the decider's reason.
 	Reason string
@@ -123,6 +130,35 @@ type requestBody struct {
 	Uses           *int           `json:"uses,omitempty"`
 	IdempotencyKey string         `json:"idempotencyKey,omitempty"`
 	CallbackURL    string         `json:"callbackUrl,omitempty"`
+	Tool           *toolBody      `json:"tool,omitempty"`
+}
+
+type toolBody struct {
+	Server      string         `json:"server,omitempty"`
+	Name        string         `json:"name"`
+	Annotations map[string]any `json:"annotations,omitempty"`
+	Args        map[string]any `json:"args,omitempty"`
+}
+
+func toolRequest(t *agentotp.ToolCall) *toolBody {
+	if t == nil {
+		return nil
+	}
+	return &toolBody{Server: t.Server, Name: t.Name, Annotations: t.Annotations, Args: t.Args}
+}
+
+type toolWire struct {
+	Server      string         `json:"server"`
+	Name        string         `json:"name"`
+	Annotations map[string]any `json:"annotations"`
+	ArgsSHA256  string         `json:"argsSha256"`
+}
+
+func (w *toolWire) tool() *agentotp.ToolCall {
+	if w == nil {
+		return nil
+	}
+	return &agentotp.ToolCall{Server: w.Server, Name: w.Name, Annotations: w.Annotations, ArgsHash: w.ArgsSHA256}
 }
 
 type permissionWire struct {
@@ -138,6 +174,7 @@ type permissionWire struct {
 	ApprovalURL    string         `json:"approvalUrl"`
 	WaitURL        string         `json:"waitUrl"`
 	CallbackURL    string         `json:"callbackUrl"`
+	Tool           *toolWire      `json:"tool"`
 	Reason         string         `json:"reason"`
 	DecisionReason string         `json:"decisionReason"`
 	DecidedBy      string         `json:"decidedBy"`
@@ -167,7 +204,7 @@ func (w *permissionWire) permission() *Permission {
 		Resource: w.Resource, Scope: w.Scope, RequestedScope: w.RequestedScope, Context: w.Context,
 		ExpiresAt: parseTime(w.ExpiresAt), ApprovalURL: w.ApprovalURL, WaitURL: w.WaitURL, CallbackURL: w.CallbackURL, Reason: w.Reason,
 		DecisionID: w.DecisionID, DecidedBy: w.DecidedBy, DecidedAt: parseTime(w.DecidedAt), Rule: w.Rule,
-		Uses: w.Uses, AgentID: w.AgentID, CreatedAt: parseTime(w.CreatedAt),
+		Uses: w.Uses, AgentID: w.AgentID, CreatedAt: parseTime(w.CreatedAt), Tool: w.Tool.tool(),
 	}
 	if p.Reason == "" {
 		p.Reason = w.DecisionReason
@@ -253,7 +290,7 @@ func (c *Client) RequestPermission(ctx context.Context, req Request, opts ...Req
 	body := requestBody{
 		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
 		TTL: seconds(req.TTL), ApprovalTTL: seconds(req.ApprovalTTL), Uses: positive(req.Uses),
-		IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL,
+		IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL, Tool: toolRequest(req.Tool),
 	}
 	if body.IdempotencyKey == "" {
 		body.IdempotencyKey = newIdempotencyKey()

@@ -13,9 +13,8 @@ import (
 // is pending, exactly like agentotp.AgentSession.Authorize: it returns the
 // permission in its current state — approved (with the token), denied,
 // expired or still pending — and an error only when asking itself failed.
-// Tool guards (package tools, mcpserver) take either.
-//
-// req.Tool is not sent: gateway tool metadata exists only in process.
+// Tool guards (package tools, mcpserver) take either. req.Tool is sent
+// (without ArgsHash, which the server computes).
 func (c *Client) Authorize(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration) (*agentotp.Permission, agentotp.Secret, error) {
 	var opts []RequestOption
 	if wait > 0 {
@@ -24,6 +23,7 @@ func (c *Client) Authorize(ctx context.Context, req agentotp.PermissionRequest, 
 	p, err := c.RequestPermission(ctx, Request{
 		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
 		TTL: req.TTL, ApprovalTTL: req.ApprovalTTL, Uses: req.Uses, IdempotencyKey: req.IdempotencyKey,
+		Tool: req.Tool, CallbackURL: req.CallbackURL,
 	}, opts...)
 	if err != nil && !(p != nil && IsDecision(err)) {
 		return nil, "", err
@@ -48,6 +48,11 @@ func (p *Permission) Domain() *agentotp.Permission {
 		DecisionEventID: agentotp.EventID(p.DecisionID), DecidedBy: p.DecidedBy, DecidedAt: p.DecidedAt,
 		DecisionReason: p.Reason, GrantedScope: p.Scope, Uses: p.Uses, UsesRemaining: p.UsesRemaining,
 		Decision: agentotp.Decision{Rule: p.Rule}, CallbackURL: p.CallbackURL,
+	}
+	if p.Tool != nil {
+		t := *p.Tool
+		t.Args = nil // a permission keeps the arguments' hash only
+		d.Tool = &t
 	}
 	if d.Scope == nil {
 		d.Scope = p.Scope

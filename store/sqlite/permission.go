@@ -11,11 +11,12 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// The id, owner, creation time, idempotency key and callback URL identify
-// the request and never change; UpdatePermission writes the mutable
-// columns. Both statements derive from these lists, so argument order
-// cannot drift.
-const immutablePermissionColumns = `id, agent_id, created_at, idempotency_key, callback_url`
+// The id, owner, creation time, idempotency key, callback URL and tool call
+// identify the request and never change; UpdatePermission writes the
+// mutable columns. Both statements derive from these lists, so argument
+// order cannot drift.
+const immutablePermissionColumns = `id, agent_id, created_at, idempotency_key, callback_url,
+	tool_server, tool_name, tool_annotations_json, tool_args_sha256`
 
 // immutablePermissionCount is how many names immutablePermissionColumns holds.
 var immutablePermissionCount = strings.Count(immutablePermissionColumns, ",") + 1
@@ -91,6 +92,7 @@ func scanPermission(sc scanner) (*agentotp.Permission, error) {
 	var (
 		p                                        agentotp.Permission
 		agentID, tokenHash, callbackURL          sql.NullString
+		toolServer, toolName, toolHash, toolAnn  sql.NullString
 		scope, pctx, dscope, approvers, granted  sql.NullString
 		created, updated, approvalExp, decidedAt sql.NullInt64
 		tokenExp, tokenIssued, revoked           sql.NullInt64
@@ -98,6 +100,7 @@ func scanPermission(sc scanner) (*agentotp.Permission, error) {
 		decisionTTL, tokenTTL                    int64
 	)
 	err := sc.Scan(&p.ID, &agentID, &created, &p.IdempotencyKey, &callbackURL,
+		&toolServer, &toolName, &toolAnn, &toolHash,
 		&p.Action, &p.Resource, &scope, &pctx,
 		&p.Status, &updated, &approvalExp,
 		&effect, &p.Decision.Rule, &p.Decision.PolicyVersion, &p.Decision.Reason, &dscope,
@@ -134,7 +137,26 @@ func scanPermission(sc scanner) (*agentotp.Permission, error) {
 	if p.GrantedScope, err = decodeMap(granted); err != nil {
 		return nil, err
 	}
+	if toolName.Valid {
+		p.Tool = &agentotp.ToolCall{Server: toolServer.String, Name: toolName.String, ArgsHash: toolHash.String}
+		if p.Tool.Annotations, err = decodeMap(toolAnn); err != nil {
+			return nil, err
+		}
+	}
 	return &p, nil
+}
+
+// toolValues returns the values of the tool columns: all NULL without a tool
+// call, so that tool_name tells whether there is one.
+func toolValues(t *agentotp.ToolCall) ([]any, error) {
+	if t == nil {
+		return []any{nil, nil, nil, nil}, nil
+	}
+	ann, err := encodeMap(t.Annotations)
+	if err != nil {
+		return nil, err
+	}
+	return []any{t.Server, t.Name, ann, t.ArgsHash}, nil
 }
 
 var permissionNotFound = failure{notFound: "permission not found"}
@@ -266,11 +288,16 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 	if err != nil {
 		return agentotp.ValidationError("permission", "cannot be encoded")
 	}
+	tool, err := toolValues(p.Tool)
+	if err != nil {
+		return agentotp.ValidationError("permission", "cannot be encoded")
+	}
 	var agentID any
 	if p.AgentID != "" {
 		agentID = string(p.AgentID)
 	}
-	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, args...)
+	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, tool...)
+	all = append(all, args...)
 	_, err = t.stmt(ctx, t.s.insertPermission).ExecContext(ctx, all...)
 	return storeErr("create permission", err, failure{
 		conflict: "permission already exists (id, idempotency key or token)",

@@ -142,6 +142,55 @@ func TestMigrations(t *testing.T) {
 		require.Equal(t, migrationCount(t), countRows(t, raw(t, path), "schema_migrations"))
 	})
 
+	t.Run("upgrades a database at 0002 with rows", func(t *testing.T) {
+		path := filepath.Join(t.TempDir(), "v2.db")
+		db := raw(t, path)
+		for _, f := range []string{"0001_init.sql", "0002_callback_url.sql"} {
+			b, err := os.ReadFile("migrations/" + f)
+			require.NoError(t, err)
+			_, err = db.Exec(string(b))
+			require.NoError(t, err, f)
+		}
+		_, err := db.Exec(`CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at INTEGER NOT NULL) STRICT;
+			INSERT INTO schema_migrations VALUES (1, '0001_init.sql', 0), (2, '0002_callback_url.sql', 0)`)
+		require.NoError(t, err)
+		agent := agentotp.NewAgentID()
+		old := agentotp.NewPermissionID()
+		_, err = db.Exec(`INSERT INTO agents (id, name, description, active, key_hash, key_prefix) VALUES (?, 'old', '', 1, 'h', 'ak_x')`, string(agent))
+		require.NoError(t, err)
+		_, err = db.Exec(`INSERT INTO permissions (id, agent_id, action, resource, scope_json, idempotency_key, callback_url, status,
+			decision_effect, decision_rule, decision_policy_version, decision_reason, decision_token_ttl_ns, decision_uses,
+			decision_use_when, decision_quorum, decision_event_id, decided_by, decided_reason, token_ttl_ns, uses, uses_remaining)
+			VALUES (?, ?, 'mcp.fs.write', '', '{"path":"/srv/a"}', 'k2', 'https://hooks.example.com/cb', 'pending',
+			'require_approval', 'r', 'v', '', 0, 0, '', 1, 'evt', '', '', 0, 1, 0)`,
+			string(old), string(agent))
+		require.NoError(t, err)
+		require.NoError(t, db.Close())
+
+		s := open(t, path, sqlite.Options{})
+		got, err := s.Permission(ctx, old)
+		require.NoError(t, err)
+		require.Equal(t, "mcp.fs.write", got.Action)
+		require.Equal(t, "https://hooks.example.com/cb", got.CallbackURL)
+		require.Equal(t, map[string]any{"path": "/srv/a"}, got.Scope)
+		require.Nil(t, got.Tool, "rows from before the columns read as no tool call")
+		// The old row still moves through its lifecycle.
+		got.Status = agentotp.StatusDenied
+		require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, got, agentotp.StatusPending) }))
+
+		tool := &agentotp.ToolCall{Server: "fs", Name: "write_file", Annotations: map[string]any{"destructiveHint": true},
+			ArgsHash: agentotp.ArgsHash(map[string]any{"path": "/srv/b"})}
+		p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: agent, Status: agentotp.StatusPending, Uses: 1, Tool: tool}
+		require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error { return tx.CreatePermission(ctx, p) }))
+		got, err = s.Permission(ctx, p.ID)
+		require.NoError(t, err)
+		require.Equal(t, tool, got.Tool)
+		require.Equal(t, migrationCount(t), countRows(t, raw(t, path), "schema_migrations"))
+		var version int
+		require.NoError(t, raw(t, path).QueryRow(`SELECT max(version) FROM schema_migrations`).Scan(&version))
+		require.Equal(t, 3, version)
+	})
+
 	t.Run("refuses a newer schema", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "new.db")
 		open(t, path, sqlite.Options{}).Close()

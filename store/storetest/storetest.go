@@ -147,14 +147,19 @@ func createUser(t *testing.T, s agentotp.Store, name string) *agentotp.User {
 func fullPermission(agent agentotp.AgentID) *agentotp.Permission {
 	id := agentotp.NewPermissionID()
 	return &agentotp.Permission{
-		ID:                id,
-		AgentID:           agent,
-		Action:            "db.query" + injection,
-		Resource:          quotes + unicode + emoji,
-		Scope:             object(),
-		Context:           map[string]any{"ticket": "OPS-1", "why": long},
-		IdempotencyKey:    "idem-" + emoji + injection + string(id),
-		CallbackURL:       "https://hooks.example.com:8443/cb/" + string(id) + "?q=" + injection + emoji,
+		ID:             id,
+		AgentID:        agent,
+		Action:         "db.query" + injection,
+		Resource:       quotes + unicode + emoji,
+		Scope:          object(),
+		Context:        map[string]any{"ticket": "OPS-1", "why": long},
+		IdempotencyKey: "idem-" + emoji + injection + string(id),
+		CallbackURL:    "https://hooks.example.com:8443/cb/" + string(id) + "?q=" + injection + emoji,
+		Tool: &agentotp.ToolCall{
+			Server: "fs " + quotes, Name: "write_file" + injection + emoji,
+			Annotations: map[string]any{"readOnlyHint": false, "title": unicode, "nested": object()},
+			ArgsHash:    agentotp.ArgsHash(object()),
+		},
 		Status:            agentotp.StatusApproved,
 		CreatedAt:         at(0),
 		UpdatedAt:         at(time.Nanosecond),
@@ -257,6 +262,13 @@ func testPermissionRoundTrip(t *testing.T, s agentotp.Store) {
 		},
 		"auto approve effect": func(p *agentotp.Permission) { p.Decision.Effect = agentotp.EffectAutoApprove },
 		"very long":           func(p *agentotp.Permission) { p.Action, p.Resource, p.DecisionReason = long, long, long },
+		"no tool call":        func(p *agentotp.Permission) { p.Tool = nil },
+		"tool call with empty strings and no annotations": func(p *agentotp.Permission) {
+			p.Tool = &agentotp.ToolCall{}
+		},
+		"tool call with empty annotations": func(p *agentotp.Permission) {
+			p.Tool = &agentotp.ToolCall{Name: "t", Annotations: map[string]any{}, ArgsHash: agentotp.ArgsHash(nil)}
+		},
 	}
 	for name, mod := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -293,11 +305,13 @@ func testPermissionRoundTrip(t *testing.T, s agentotp.Store) {
 		q.Decision.Effect, q.Decision.Approvers, q.Decision.Scope = agentotp.EffectAutoApprove, nil, nil
 		q.Action = "changed " + emoji
 		q.CallbackURL = "https://elsewhere.example/changed"
+		q.Tool = &agentotp.ToolCall{Server: "other", Name: "other", ArgsHash: agentotp.ArgsHash(map[string]any{"x": 1.0})}
 		update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, q, agentotp.StatusPending) })
 		got, err := s.Permission(ctx, p.ID)
 		require.NoError(t, err)
 		require.Equal(t, p.CallbackURL, got.CallbackURL, "the callback URL is fixed at creation")
-		q.CallbackURL = p.CallbackURL
+		require.Equal(t, p.Tool, got.Tool, "the tool call is fixed at creation")
+		q.CallbackURL, q.Tool = p.CallbackURL, p.Tool
 		require.Equal(t, q, got)
 	})
 }
