@@ -36,6 +36,7 @@ const (
 	EventPolicyDelete   EventType = "policy_delete"
 	EventPolicyReload   EventType = "policy_reload"
 	EventPolicyError    EventType = "policy_error"
+	EventToolResult     EventType = "tool_result" // how a gated action went after its use was spent
 )
 
 // EventTypes lists every event type, for validating filters.
@@ -45,6 +46,7 @@ var EventTypes = []EventType{
 	EventAgentCreate, EventAgentUpdate, EventAgentDelete,
 	EventUserCreate, EventUserUpdate, EventUserDelete,
 	EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete, EventPolicyReload, EventPolicyError,
+	EventToolResult,
 }
 
 // Valid reports whether t is a known event type.

@@ -76,3 +76,8 @@ func (a *AgentSession) RevokePermission(ctx context.Context, id PermissionID, re
 
 // ApprovalURL is the console page where a human decides the permission.
 func (a *AgentSession) ApprovalURL(id PermissionID) string { return a.svc.ApprovalURL(id) }
+
+// RecordOutcome audits how the action under a spent permission went.
+func (a *AgentSession) RecordOutcome(ctx context.Context, id PermissionID, o Outcome) error {
+	return a.svc.RecordOutcome(ctx, a.p, id, o)
+}

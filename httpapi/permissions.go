@@ -231,6 +231,39 @@ func (s *Server) revoke(w http.ResponseWriter, r *http.Request, p agentotp.Princ
 	writeData(w, http.StatusOK, s.permissionView(perm, "", !p.IsAgent()))
 }
 
+type outcomeBody struct {
+	Success     *bool  `json:"success"`
+	DurationMs  int64  `json:"durationMs"`
+	ResultBytes int    `json:"resultBytes"`
+	Error       string `json:"error"`
+}
+
+// outcome records how the action under a spent permission went (the MCP
+// gateway reports each downstream call).
+func (s *Server) outcome(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
+	var b outcomeBody
+	if err := decode(r, &b); err != nil {
+		writeError(w, err)
+		return
+	}
+	if b.Success == nil {
+		writeError(w, agentotp.ValidationError("success", "is required"))
+		return
+	}
+	if b.DurationMs < 0 || b.DurationMs > 7*24*3600*1000 {
+		writeError(w, agentotp.ValidationError("durationMs", "must be between 0 and a week"))
+		return
+	}
+	err := s.svc.RecordOutcome(r.Context(), p, agentotp.PermissionID(r.PathValue("id")), agentotp.Outcome{
+		Success: *b.Success, Duration: time.Duration(b.DurationMs) * time.Millisecond, ResultBytes: b.ResultBytes, Error: b.Error,
+	})
+	if err != nil {
+		s.fail(w, r, err)
+		return
+	}
+	writeData(w, http.StatusOK, map[string]any{"recorded": true})
+}
+
 func (s *Server) decide(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
 	var b decideBody
 	if err := decode(r, &b); err != nil {

@@ -157,6 +157,7 @@ func (s *Server) routes() {
 	m.Handle("POST /api/v1/permissions/{id}/verify", s.auth(agentRole, s.verify))
 	m.Handle("POST /api/v1/permissions/{id}/use", s.auth(agentRole, s.use))
 	m.Handle("POST /api/v1/permissions/{id}/revoke", s.auth(agentOrAdmin, s.revoke))
+	m.Handle("POST /api/v1/permissions/{id}/outcome", s.auth(agentRole, s.outcome))
 	// Agents reach Decide so that a self-approval attempt is refused and
 	// audited by the service (403 either way).
 	m.Handle("POST /api/v1/permissions/{id}/decide", s.auth(agentOrStaff, s.decide))

@@ -3,6 +3,7 @@ package otpclient
 import (
 	"context"
 	"errors"
+	"net/http"
 	"net/url"
 	"time"
 
@@ -119,4 +120,16 @@ func (c *Client) ApprovalURL(id agentotp.PermissionID) string {
 		return u
 	}
 	return c.t.base + "/ui/requests/" + url.PathEscape(string(id))
+}
+
+// RecordOutcome reports how the action under a spent permission went, like
+// agentotp.AgentSession.RecordOutcome. It is not retried after sending.
+func (c *Client) RecordOutcome(ctx context.Context, id agentotp.PermissionID, o agentotp.Outcome) error {
+	body := map[string]any{"success": o.Success, "durationMs": o.Duration.Milliseconds(), "resultBytes": o.ResultBytes}
+	if o.Error != "" {
+		body["error"] = o.Error
+	}
+	_, err := c.t.do(ctx, call{method: http.MethodPost, path: "/api/v1/permissions/" + url.PathEscape(string(id)) + "/outcome",
+		body: body, mode: retryUnsent}, nil)
+	return err
 }

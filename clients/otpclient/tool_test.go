@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/require"
 
@@ -86,4 +87,31 @@ func TestAuthorizeCarriesToolCall(t *testing.T) {
 		_, err = c.RequestPermission(ctx, req)
 		require.ErrorIs(t, err, otpclient.ErrConflict)
 	})
+}
+
+// RecordOutcome reports a spent permission's result, in process and over
+// HTTP alike.
+func TestRecordOutcome(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	agent, err := e.svc.Store().Agent(ctx, agentotp.AgentID(e.agent.ID))
+	require.NoError(t, err)
+	type recorder interface {
+		authorizer
+		RecordOutcome(ctx context.Context, id agentotp.PermissionID, o agentotp.Outcome) error
+	}
+	for name, a := range map[string]recorder{"client": e.client(), "session": e.svc.AgentSession(agentotp.Principal{Agent: agent})} {
+		t.Run(name, func(t *testing.T) {
+			p, tok, err := a.Authorize(ctx, agentotp.PermissionRequest{Action: "auto.outcome"}, 0)
+			require.NoError(t, err)
+			o := agentotp.Outcome{Success: false, Duration: 1500 * time.Millisecond, ResultBytes: 10, Error: "downstream timed out"}
+			require.ErrorIs(t, a.RecordOutcome(ctx, p.ID, o), agentotp.ErrConflict, "nothing was spent yet")
+			require.NoError(t, a.Spend(ctx, p.ID, tok, nil))
+			require.NoError(t, a.RecordOutcome(ctx, p.ID, o))
+			events, err := e.svc.Store().AuditEvents(ctx, agentotp.AuditFilter{PermissionID: p.ID, Type: agentotp.EventToolResult})
+			require.NoError(t, err)
+			require.Len(t, events, 1)
+			require.Equal(t, map[string]any{"success": false, "durationMs": 1500.0, "resultBytes": 10.0, "error": "downstream timed out"}, events[0].Details)
+		})
+	}
 }
