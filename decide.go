@@ -14,6 +14,9 @@ import (
 // instant one wins, the other gets CONFLICT, and both attempts are audited.
 // The token is not part of the answer: only the requesting agent receives it.
 func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in DecideInput) (*Permission, error) {
+	if p.User != nil && !p.User.Active {
+		return nil, Errorf(CodeForbidden, "user is disabled")
+	}
 	if p.IsAgent() || !p.Role().CanDecide() {
 		// An agent trying to decide its own request is the self-approval
 		// the v0.1.1 API allowed (threat B2): refuse it and keep a record.

@@ -20,6 +20,7 @@ import (
 	"github.com/agentotp/agentotp/httpapi"
 	"github.com/agentotp/agentotp/notify"
 	"github.com/agentotp/agentotp/notify/callback"
+	"github.com/agentotp/agentotp/notify/telegram"
 	"github.com/agentotp/agentotp/policy"
 	"github.com/agentotp/agentotp/store/sqlite"
 )
@@ -144,12 +145,19 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	logNotifier := &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
 		return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
 	}}
+	tg, err := telegramSetup(ctx, cfg, publicURL, logger)
+	if err != nil {
+		return err
+	}
 	var (
 		cbKey      []byte
 		cbNotifier *callback.Notifier
 	)
 	a, err := openApp(ctx, cfg, logger, publicURL, func(st *sqlite.Store, o *agentotp.Options) error {
 		fan := notify.Fanout{logNotifier}
+		if tg != nil {
+			fan = append(fan, tg)
+		}
 		var err error
 		o.CallbackHosts, cbKey, cbNotifier, err = callbackSetup(cfg, st, logger)
 		if err != nil {
@@ -181,6 +189,24 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 
 	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version, CallbackKey: cbKey})
 	mountMCP(api, a.svc, publicURL)
+	if tg != nil {
+		tg.Attach(a.svc)
+		if cfg.TelegramMode == telegram.ModeWebhook {
+			// Telegram authenticates with the secret header, checked by
+			// the handler; no API key applies.
+			api.Handle(telegram.WebhookPath, tg.WebhookHandler())
+		}
+		tgCtx, stopTG := context.WithCancel(ctx)
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			if err := tg.Run(tgCtx); err != nil {
+				logger.Error("telegram stopped", "err", err)
+			}
+		}()
+		// Runs before the store closes (deferred after it).
+		defer func() { stopTG(); <-done }()
+	}
 
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()

@@ -1,0 +1,89 @@
+package telegram_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/notify/telegram/telegramtest"
+)
+
+// /start tells each account whether it is linked, and its id.
+func TestStartCommand(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	off := false
+	_, err := e.svc.UpdateUser(context.Background(), agentotp.SystemPrincipal, e.users[dan.ID].ID, agentotp.UserPatch{Active: &off})
+	require.NoError(t, err)
+	for _, c := range []struct {
+		name string
+		from telegramtest.User
+		want []string
+	}{
+		{"unlinked", eve, []string{"Your Telegram id is <code>6666</code>", "<b>not linked</b>",
+			"<code>agentotp users create NAME --role approver --telegram-id 6666</code>"}},
+		{"approver", ann, []string{"Your Telegram id is <code>1001</code>", "linked to the approver <b>ann</b>"}},
+		{"disabled", dan, []string{"<code>1004</code>", "linked to <b>dan</b>, who is disabled"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			u := e.tg.Say(c.from, c.from.ID, "/start")
+			got := e.replyTo(c.from.ID, u.MessageID)
+			for _, w := range c.want {
+				require.Contains(t, got.Text, w)
+			}
+		})
+	}
+}
+
+func TestHelpCommand(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	u := e.tg.Say(eve, chat, "/help")
+	got := e.replyTo(chat, u.MessageID)
+	require.Contains(t, got.Text, "/pending")
+	require.Contains(t, got.Text, "reply to the request message with the reason")
+}
+
+// /pending lists what waits, each with its own working buttons, only for
+// linked approvers, in any chat; commands need the bot_command entity and,
+// when addressed, this bot's name.
+func TestPendingCommand(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	u := e.tg.Say(ann, ann.ID, "/pending")
+	require.Equal(t, "Nothing is waiting for approval.", e.replyTo(ann.ID, u.MessageID).Text)
+
+	p := e.request(req{action: "gmail.send"})
+	q := e.request(req{action: "drive.delete"})
+	inGroup := e.message(chat, p.ID)
+
+	u = e.tg.Say(eve, eve.ID, "/pending")
+	require.Contains(t, e.replyTo(eve.ID, u.MessageID).Text, notLinked)
+
+	for _, ignored := range []telegramtest.Update{
+		e.tg.PlainTextUpdate(ann, ann.ID, "/pending", 0),
+		e.tg.TextUpdate(ann, ann.ID, "/pending@some_other_bot", 0),
+	} {
+		e.tg.Queue(ignored)
+		e.handled(ignored)
+		require.Empty(t, e.replies(ann.ID, ignored.MessageID))
+	}
+
+	u = e.tg.Say(ann, ann.ID, "/pending@agentotp_test_bot")
+	require.Equal(t, "2 request(s) waiting:", e.replyTo(ann.ID, u.MessageID).Text)
+	private := e.message(ann.ID, p.ID)
+	e.message(ann.ID, q.ID)
+	require.NotEqual(t, data(t, inGroup, true), data(t, private, true), "each message has its own nonce")
+	require.Len(t, e.tg.Messages(eve.ID), 1, "eve only got the refusal")
+
+	require.Equal(t, "Approved.", e.press(ann, private, true).Text)
+	// Every message about the request shows the outcome.
+	e.settled(ann.ID, private.ID, "Approved</b> by ann")
+	e.settled(chat, inGroup.ID, "Approved</b> by ann")
+	require.Eventually(t, func() bool {
+		_, tok, err := e.svc.GetPermission(context.Background(), e.agent, p.ID, 0)
+		return err == nil && tok != ""
+	}, 5*time.Second, 5*time.Millisecond)
+	require.True(t, strings.Contains(e.message(ann.ID, q.ID).Text, "Approval needed"))
+}
