@@ -144,7 +144,11 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 		return UseResult{}, err
 	}
 	if res.Success && res.UsesRemaining == 0 {
-		s.broker.publish(id)
+		// The last use ends the permission: waiters wake, and notifiers
+		// (the Telegram message, a callback) learn it was used.
+		used := *perm
+		used.Status, used.UsesRemaining, used.UpdatedAt = StatusUsed, 0, now
+		s.notifyResolved(&used)
 	}
 	return res, nil
 }

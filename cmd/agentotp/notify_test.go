@@ -129,5 +129,17 @@ func TestServeDecisionCallbacks(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("no callback arrived")
 	}
+	// The last use is the terminal status: it is reported too.
+	_, body = call(t, "GET", url+"/api/v1/permissions/"+id, key, nil)
+	status, _ = call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": body["token"]})
+	require.Equal(t, 200, status)
+	select {
+	case d := <-got:
+		ev, err := otpclient.VerifyCallback(agentotp.Secret(secret[1]), d.sig, d.body, time.Now(), 0)
+		require.NoError(t, err)
+		require.Equal(t, "permission.used", ev.Event)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no callback for the last use")
+	}
 	require.Zero(t, strays.Load())
 }

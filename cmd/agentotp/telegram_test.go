@@ -59,6 +59,7 @@ func TestServeTelegramApproval(t *testing.T) {
 	require.Equal(t, "pending", body["status"])
 
 	got := make(chan map[string]any, 1)
+	var token string
 	go func() {
 		_, b := call(t, "GET", url+"/api/v1/permissions/"+id+"?wait=20s", key, nil)
 		got <- b
@@ -69,6 +70,7 @@ func TestServeTelegramApproval(t *testing.T) {
 	case b := <-got:
 		require.Equal(t, "approved", b["status"])
 		require.NotEmpty(t, b["token"])
+		token = b["token"].(string)
 	case <-time.After(20 * time.Second):
 		t.Fatal("the long-poll never answered")
 	}
@@ -78,6 +80,14 @@ func TestServeTelegramApproval(t *testing.T) {
 		m, _ := bot.Message(chat, msg.ID)
 		return len(m.Buttons()) == 0 && strings.Contains(m.Visible, "ann")
 	}, 10*time.Second, 20*time.Millisecond, "the message shows who approved, without buttons")
+	// The last use edits the message once more.
+	status, body = call(t, "POST", url+"/api/v1/permissions/"+id+"/use", key, map[string]any{"token": token})
+	require.Equal(t, 200, status)
+	require.Equal(t, true, body["success"])
+	require.Eventually(t, func() bool {
+		m, _ := bot.Message(chat, msg.ID)
+		return strings.Contains(m.Visible, "has been used")
+	}, 10*time.Second, 20*time.Millisecond)
 	require.NotContains(t, log.String(), bot.Token, "the bot token never reaches the log")
 }
 
