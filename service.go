@@ -46,6 +46,7 @@ type Service struct {
 	maxPending int
 	waitPoll   time.Duration
 	broker     *broker
+	watched    watchlist // pending requests announced to the notifier
 
 	callbackHosts []CallbackHost
 }
@@ -358,6 +359,7 @@ func (s *Service) notifyPending(perm *Permission, agent *Agent) {
 	if s.notifier == nil {
 		return
 	}
+	s.watched.add(perm.ID)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
@@ -372,6 +374,7 @@ func (s *Service) notifyResolved(perm *Permission) {
 	if s.notifier == nil {
 		return
 	}
+	s.watched.remove(perm.ID)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()

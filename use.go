@@ -280,6 +280,7 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 		if _, err := s.ExpireDue(ctx); err != nil && ctx.Err() == nil {
 			s.log.Error("expiry sweep failed", "err", err)
 		}
+		s.reconcile(ctx)
 		select {
 		case <-ctx.Done():
 			return

@@ -68,6 +68,10 @@ func TestPendingIsLoggedWithTheCommand(t *testing.T) {
 	code, out, errs = run(t, strings.Fields(m[1])...)
 	require.Equal(t, 0, code, errs)
 	require.Contains(t, out, id+": approved")
+	// Decided by another process on the same data: serve still notices.
+	require.Eventually(t, func() bool {
+		return strings.Contains(log.String(), `msg="request resolved" id=`+id+" status=approved")
+	}, 5*time.Second, 10*time.Millisecond, log.String())
 
 	// Outcomes decided through this server are logged too.
 	status, body = call(t, "POST", url+"/api/v1/permissions/request", key, map[string]any{"action": "gmail.send"})
