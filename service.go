@@ -189,24 +189,74 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		}
 	}
 
-	d, evalErr := s.eval.Evaluate(ctx, EvalInput{
+	// Decide once outside the writer. A decision that consulted budgets
+	// is decided again inside it, counting through the transaction, so
+	// that concurrent requests cannot all see the same committed count
+	// and overrun the budget; the pending cap is checked there too.
+	probe := &budgetProbe{PermissionCounter: s.store}
+	d, evalErr := s.evaluate(WithCounter(ctx, probe), agent, req, now)
+	first, firstToken, firstEvents := s.newPermission(ctx, p, req, d, evalErr, now)
+
+	var (
+		perm  *Permission
+		token Secret
+	)
+	err := s.store.Update(ctx, func(tx Tx) error {
+		var events []*AuditEvent
+		perm, token, events = first, firstToken, firstEvents
+		if probe.asked.Load() {
+			d2, err2 := s.evaluate(WithCounter(ctx, tx), agent, req, now)
+			if d2.Effect != d.Effect || d2.Rule != d.Rule || (err2 == nil) != (evalErr == nil) {
+				perm, token, events = s.newPermission(ctx, p, req, d2, err2, now)
+			}
+		}
+		if perm.Status == StatusPending {
+			n, err := tx.CountPermissions(ctx, agent.ID, "*", time.Time{}, []Status{StatusPending})
+			if err != nil {
+				return fmt.Errorf("count pending: %w", err)
+			}
+			if n >= s.maxPending {
+				return Errorf(CodeRateLimited, "too many requests are waiting for approval")
+			}
+		}
+		if err := tx.CreatePermission(ctx, perm); err != nil {
+			return err
+		}
+		return appendAll(ctx, tx, events)
+	})
+	if errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
+		// Lost a race with a concurrent retry carrying the same key.
+		if perm, tok, done, rerr := s.replay(ctx, p, req, now); done || rerr != nil {
+			return perm, tok, rerr
+		}
+	}
+	if err != nil {
+		return nil, "", err
+	}
+	if perm.Status == StatusPending {
+		s.notifyPending(perm, agent)
+	}
+	return perm, token, nil
+}
+
+// evaluate asks the policy; an evaluation error fails closed to a deny.
+func (s *Service) evaluate(ctx context.Context, agent *Agent, req PermissionRequest, now time.Time) (Decision, error) {
+	d, err := s.eval.Evaluate(ctx, EvalInput{
 		Agent: agent, Action: req.Action, Resource: req.Resource,
 		Scope: req.Scope, Context: req.Context, Now: now, Tool: req.Tool,
 	})
-	if evalErr != nil {
+	if err != nil {
 		// Fail closed: a policy that cannot answer never approves.
-		s.log.Error("policy evaluation failed", "rule", d.Rule, "action", req.Action, "err", evalErr)
+		s.log.Error("policy evaluation failed", "rule", d.Rule, "action", req.Action, "err", err)
 		d = Decision{Effect: EffectDeny, Rule: d.Rule, PolicyVersion: d.PolicyVersion, Reason: "policy evaluation failed; request denied"}
 	}
-	if d.Effect == EffectRequireApproval {
-		n, err := s.store.CountPermissions(ctx, agent.ID, "*", time.Time{}, []Status{StatusPending})
-		if err != nil {
-			return nil, "", fmt.Errorf("count pending: %w", err)
-		}
-		if n >= s.maxPending {
-			return nil, "", Errorf(CodeRateLimited, "too many requests are waiting for approval")
-		}
-	}
+	return d, err
+}
+
+// newPermission builds the permission a decision makes of a request, its
+// token when approved now, and the audit events recording it.
+func (s *Service) newPermission(ctx context.Context, p Principal, req PermissionRequest, d Decision, evalErr error, now time.Time) (*Permission, Secret, []*AuditEvent) {
+	agent := p.Agent
 
 	perm := &Permission{
 		ID: NewPermissionID(), AgentID: agent.ID, Action: req.Action, Resource: req.Resource,
@@ -265,26 +315,7 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 	default:
 		perm.Status = StatusPending
 	}
-
-	err := s.store.Update(ctx, func(tx Tx) error {
-		if err := tx.CreatePermission(ctx, perm); err != nil {
-			return err
-		}
-		return appendAll(ctx, tx, events)
-	})
-	if errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
-		// Lost a race with a concurrent retry carrying the same key.
-		if perm, tok, done, rerr := s.replay(ctx, p, req, now); done || rerr != nil {
-			return perm, tok, rerr
-		}
-	}
-	if err != nil {
-		return nil, "", err
-	}
-	if perm.Status == StatusPending {
-		s.notifyPending(perm, agent)
-	}
-	return perm, token, nil
+	return perm, token, events
 }
 
 // replay answers a retried request with the permission its key created. If

@@ -58,6 +58,10 @@ type Store interface {
 type Tx interface {
 	Permission(ctx context.Context, id PermissionID) (*Permission, error)
 	PermissionByIdempotencyKey(ctx context.Context, agent AgentID, key string) (*Permission, error)
+	// CountPermissions is Store.CountPermissions inside the transaction:
+	// it sees this batch's earlier writes, so budgets and caps checked
+	// here cannot be overrun by concurrent requests.
+	CountPermissions(ctx context.Context, agent AgentID, actionPattern string, since time.Time, statuses []Status) (int, error)
 	CreatePermission(ctx context.Context, p *Permission) error
 	// UpdatePermission writes p if the stored status is still expect;
 	// otherwise it returns ErrConflict and writes nothing (compare-and-set).

@@ -323,6 +323,11 @@ func (a *activation) ResolveName(name string) (any, bool) {
 	case "__budget":
 		if a.budget == nil {
 			a.budget = &budgetVal{ctx: a.ctx, counter: a.set.settings.Counter, now: a.in.Now}
+			if c, ok := agentotp.CounterFrom(a.ctx); ok {
+				// The service decides budget-dependent requests inside its
+				// writer, counting through the transaction.
+				a.budget.counter = c
+			}
 			if a.in.Agent != nil {
 				a.budget.agent = a.in.Agent.ID
 			}

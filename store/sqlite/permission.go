@@ -226,6 +226,23 @@ func (s *Store) DuePermissions(ctx context.Context, now time.Time, limit int) ([
 // CountPermissions counts an agent's permissions whose action matches a
 // pattern in which only '*' is special.
 func (s *Store) CountPermissions(ctx context.Context, agent agentotp.AgentID, actionPattern string, since time.Time, statuses []agentotp.Status) (int, error) {
+	q, args := countQuery(agent, actionPattern, since, statuses)
+	var n int
+	err := s.reader.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, storeErr("count permissions", err)
+}
+
+// CountPermissions counts inside the transaction, seeing its batch's
+// earlier writes.
+func (t *tx) CountPermissions(ctx context.Context, agent agentotp.AgentID, actionPattern string, since time.Time, statuses []agentotp.Status) (int, error) {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
+	q, args := countQuery(agent, actionPattern, since, statuses)
+	var n int
+	err := t.tx.QueryRowContext(ctx, q, args...).Scan(&n)
+	return n, storeErr("count permissions", err)
+}
+
+func countQuery(agent agentotp.AgentID, actionPattern string, since time.Time, statuses []agentotp.Status) (string, []any) {
 	q := "SELECT count(*) FROM permissions WHERE agent_id = ? AND action GLOB ?"
 	args := []any{string(agent), globPattern(actionPattern)}
 	if !since.IsZero() {
@@ -237,9 +254,7 @@ func (s *Store) CountPermissions(ctx context.Context, agent agentotp.AgentID, ac
 			args = append(args, string(st))
 		}
 	}
-	var n int
-	err := s.reader.QueryRowContext(ctx, q, args...).Scan(&n)
-	return n, storeErr("count permissions", err)
+	return q, args
 }
 
 // globPattern keeps '*' as GLOB's wildcard and makes GLOB's other
