@@ -34,6 +34,11 @@ type Config struct {
 	// CallbackAllow lists, comma-separated, the hosts ("host" or
 	// "host:port") that decision callbacks may be sent to.
 	CallbackAllow string `yaml:"callbackAllow"`
+	// AuditKeyFile holds the key of the audit chain's MAC; empty =
+	// AGENTOTP_AUDIT_KEY, else <data>/audit.key.
+	AuditKeyFile string `yaml:"auditKeyFile"`
+	// Retention is how long decided permissions are kept ("30d", "12h").
+	Retention string `yaml:"retention"`
 
 	AdminKey              agentotp.Secret `yaml:"-"`
 	TelegramToken         agentotp.Secret `yaml:"-"`
@@ -41,13 +46,15 @@ type Config struct {
 	// CallbackKey derives the agents' callback secrets (hex or base64,
 	// at least 32 bytes); empty = <data>/callback.key.
 	CallbackKey agentotp.Secret `yaml:"-"`
+	// AuditKey is the audit chain's MAC key (AGENTOTP_AUDIT_KEY).
+	AuditKey agentotp.Secret `yaml:"-"`
 }
 
 // DefaultConfig returns the defaults of PRODUCT §2.
 func DefaultConfig() Config {
 	return Config{
 		Addr: "127.0.0.1:8787", Data: "./data", TelegramAPIURL: "https://api.telegram.org",
-		TelegramMode: "polling", LogLevel: "info", LogFormat: "text",
+		TelegramMode: "polling", LogLevel: "info", LogFormat: "text", Retention: "30d",
 	}
 }
 
@@ -72,6 +79,8 @@ func (c *Config) settings() []setting {
 		{flag: "log-format", env: "AGENTOTP_LOG_FORMAT", usage: "log format: text or json", str: &c.LogFormat},
 		{flag: "rate-limit", env: "AGENTOTP_RATE_LIMIT", usage: "requests per second per API key (burst 2x); 0 = default 50, -1 = off", num: &c.RateLimit},
 		{flag: "url", env: "AGENTOTP_URL", usage: "server URL for remote admin commands", str: &c.URL},
+		{flag: "audit-key-file", env: "AGENTOTP_AUDIT_KEY_FILE", usage: "file holding the audit chain's MAC key (default: $AGENTOTP_AUDIT_KEY, else <data>/audit.key)", str: &c.AuditKeyFile},
+		{flag: "retention", env: "AGENTOTP_RETENTION", usage: "how long decided and expired permissions are kept before pruning (e.g. 30d, 12h)", str: &c.Retention},
 		{flag: "callback-allow", env: "AGENTOTP_CALLBACK_ALLOW", usage: "hosts (host or host:port, comma-separated) that decision callbacks may be sent to; empty = callbackUrl refused", str: &c.CallbackAllow},
 	}
 }
@@ -142,6 +151,9 @@ func configFlags(fs *flag.FlagSet, want ...string) func(env func(string) string)
 		}
 		if cfg.TelegramWebhookSecret, err = secretFromEnv(env, "AGENTOTP_TELEGRAM_WEBHOOK_SECRET"); err != nil {
 			return cfg, err
+		}
+		if v := env("AGENTOTP_AUDIT_KEY"); v != "" {
+			cfg.AuditKey = agentotp.Secret(strings.TrimSpace(v))
 		}
 		if cfg.CallbackKey, err = secretFromEnv(env, "AGENTOTP_CALLBACK_KEY"); err != nil {
 			return cfg, err
