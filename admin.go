@@ -385,41 +385,40 @@ func (s *Service) DeleteUser(ctx context.Context, p Principal, id UserID) error 
 // BootstrapAdminName is the user that AGENTOTP_ADMIN_KEY signs in as.
 const BootstrapAdminName = "admin"
 
-// EnsureAdmin makes key the key of the bootstrap admin user, creating the
-// user on first start. It reports whether anything changed.
+// EnsureAdmin creates the bootstrap admin user with key in a store that has
+// never had a user, and reports whether it did. Afterwards it changes
+// nothing: the key no longer matching (rotated, the user disabled or
+// deleted by an admin) is the admins' decision to keep.
 func (s *Service) EnsureAdmin(ctx context.Context, key Secret) (bool, error) {
 	if !ValidKeyFormat(key.Reveal()) || key.Reveal()[:3] != UserKeyPrefix {
 		return false, ValidationError("AGENTOTP_ADMIN_KEY", "must be a uk_ key of 32 base64url characters")
 	}
-	hash := key.Hash()
-	if u, err := s.store.UserByKeyHash(ctx, hash); err == nil && u.Role == RoleAdmin && u.Active {
-		return false, nil
+	// Only a store that never had a user gets one: once an admin has
+	// rotated, disabled or deleted the bootstrap admin, a key from the
+	// environment or the key file must not undo it.
+	if _, total, err := s.store.Users(ctx, Page{Page: 1, Limit: 1}); err != nil || total > 0 {
+		return false, err
+	}
+	if ever, err := s.store.AuditEvents(ctx, AuditFilter{Type: EventUserCreate, Limit: 1}); err != nil || len(ever) > 0 {
+		return false, err
 	}
 	now := s.clock()
+	created := false
 	err := s.store.Update(ctx, func(tx Tx) error {
-		u, err := tx.UserByName(ctx, BootstrapAdminName)
-		if errors.Is(err, ErrNotFound) {
-			u = &User{ID: NewUserID(), Name: BootstrapAdminName, Role: RoleAdmin, Active: true,
-				KeyHash: hash, KeyPrefix: keyPrefix(key), CreatedAt: now, UpdatedAt: now}
-			if err := tx.CreateUser(ctx, u); err != nil {
-				return err
-			}
-			return tx.AppendAudit(ctx, s.event(ctx, SystemPrincipal, EventUserCreate, now, map[string]any{
-				"userId": string(u.ID), "name": u.Name, "role": string(u.Role), "bootstrap": true,
-			}))
+		if _, err := tx.UserByName(ctx, BootstrapAdminName); err == nil || !errors.Is(err, ErrNotFound) {
+			return err // another process bootstrapped first
 		}
-		if err != nil {
+		u := &User{ID: NewUserID(), Name: BootstrapAdminName, Role: RoleAdmin, Active: true,
+			KeyHash: key.Hash(), KeyPrefix: keyPrefix(key), CreatedAt: now, UpdatedAt: now}
+		if err := tx.CreateUser(ctx, u); err != nil {
 			return err
 		}
-		u.Role, u.Active, u.KeyHash, u.KeyPrefix, u.UpdatedAt = RoleAdmin, true, hash, keyPrefix(key), now
-		if err := tx.UpdateUser(ctx, u); err != nil {
-			return err
-		}
-		return tx.AppendAudit(ctx, s.event(ctx, SystemPrincipal, EventUserUpdate, now, map[string]any{
-			"userId": string(u.ID), "action": "api_key_rotation", "bootstrap": true,
+		created = true
+		return tx.AppendAudit(ctx, s.event(ctx, SystemPrincipal, EventUserCreate, now, map[string]any{
+			"userId": string(u.ID), "name": u.Name, "role": string(u.Role), "bootstrap": true,
 		}))
 	})
-	return err == nil, err
+	return created, err
 }
 
 // ListPermissions lists permissions for approvers and admins (pending ones

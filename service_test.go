@@ -37,7 +37,9 @@ type fixture struct {
 	svc   *agentotp.Service
 	clock *fakeClock
 	admin agentotp.Principal
-	eff   atomic.Int32 // the effect the test evaluator returns
+	// adminKey is the bootstrap admin's key.
+	adminKey agentotp.Secret
+	eff      atomic.Int32 // the effect the test evaluator returns
 }
 
 func newFixture(t *testing.T, mods ...func(*agentotp.Options)) *fixture {
@@ -63,7 +65,16 @@ func newFixture(t *testing.T, mods ...func(*agentotp.Options)) *fixture {
 	require.NoError(t, err)
 	f.admin, err = f.svc.Authenticate(ctx, key.Reveal())
 	require.NoError(t, err)
+	f.adminKey = key
 	return f
+}
+
+// second creates another admin and returns it.
+func (f *fixture) second() agentotp.Principal {
+	f.t.Helper()
+	u, _, err := f.svc.CreateUser(f.ctx, f.admin, agentotp.UserInput{Name: "second-admin", Role: agentotp.RoleAdmin})
+	require.NoError(f.t, err)
+	return agentotp.Principal{User: u}
 }
 
 func (f *fixture) agent(name string) agentotp.Principal {

@@ -66,7 +66,8 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (a
 	p, err := a.svc.Authenticate(ctx, key.Reveal())
 	if err != nil {
 		a.Close()
-		fmt.Fprintln(stderr, "agentotp: admin key:", err)
+		fmt.Fprintln(stderr, "agentotp: admin key:", safeMessage(err),
+			"— the bootstrap key was rotated, disabled or deleted by an admin; set AGENTOTP_ADMIN_KEY to a current admin or approver key")
 		return nil, 1
 	}
 	return &localAdmin{app: a, p: p}, 0

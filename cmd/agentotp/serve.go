@@ -186,6 +186,10 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	if _, err := a.svc.EnsureAdmin(ctx, key); err != nil {
 		return fmt.Errorf("bootstrap admin: %w", err)
 	}
+	if p, err := a.svc.Authenticate(ctx, key.Reveal()); err != nil || p.Role() != agentotp.RoleAdmin {
+		logger.Warn("the bootstrap admin key (AGENTOTP_ADMIN_KEY or admin.key) no longer signs in as an admin: " +
+			"an admin rotated, disabled or deleted it; use an admin's current key")
+	}
 
 	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version, CallbackKey: cbKey})
 	mountMCP(api, a.svc, publicURL)
