@@ -118,10 +118,14 @@ func equalValue(a, b any) bool {
 //     list) must be in it;
 //   - "blocked_<x>": a list; details "<x>" must not be in it.
 //
-// A rule key whose granted value has the wrong type (a max_ that is not a
-// number, a pattern that does not compile, …) refuses any use that names
-// its subject: a malformed limit never lifts the limit. Details keys the
-// scope does not mention are allowed; a policy's useWhen can forbid them.
+// Checks fail closed: a use that leaves out a constrained subject (details
+// without "<x>" under a max_<x>, <x>_pattern, allowed_<x> or blocked_<x>),
+// gives it the wrong type, or a negative count, is refused — keys match
+// exactly, so "N" does not stand for "n". A rule key whose granted value has
+// the wrong type (a max_ that is not a number, a pattern that does not
+// compile, …) refuses every use: a malformed limit never lifts the limit.
+// Details keys the scope does not mention are allowed; a policy's useWhen
+// can forbid them.
 // It returns a VALIDATION_ERROR naming the first offending key.
 func CheckDetails(scope, details map[string]any) error {
 	keys := make([]string, 0, len(scope))
@@ -139,7 +143,7 @@ func CheckDetails(scope, details map[string]any) error {
 			name := strings.TrimPrefix(k, "max_")
 			dv, present := details[name]
 			if !present {
-				continue
+				return scopeViolation(name, fmt.Sprintf("is required: the granted %s limits it", k))
 			}
 			lim, ok := toFloat(sv)
 			if !ok {
@@ -152,6 +156,9 @@ func CheckDetails(scope, details map[string]any) error {
 			if !ok {
 				return scopeViolation(name, fmt.Sprintf("must be a number (or a list of items) to check against %s", k))
 			}
+			if n < 0 {
+				return scopeViolation(name, "must not be negative")
+			}
 			if n > lim {
 				return scopeViolation(name, fmt.Sprintf("exceeds the granted %s", k))
 			}
@@ -159,7 +166,7 @@ func CheckDetails(scope, details map[string]any) error {
 			name := strings.TrimSuffix(k, "_pattern")
 			dv, present := details[name]
 			if !present {
-				continue
+				return scopeViolation(name, fmt.Sprintf("is required: the granted %s constrains it", k))
 			}
 			pat, ok := sv.(string)
 			re, err := regexp.Compile(pat)
@@ -174,7 +181,7 @@ func CheckDetails(scope, details map[string]any) error {
 			name := k[len("allowed_"):]
 			dv, present := details[name]
 			if !present {
-				continue
+				return scopeViolation(name, fmt.Sprintf("is required: the granted %s constrains it", k))
 			}
 			list, ok := sv.([]any)
 			if !ok {

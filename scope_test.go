@@ -33,41 +33,58 @@ func TestNarrowScope(t *testing.T) {
 }
 
 func TestCheckDetails(t *testing.T) {
-	scope := map[string]any{
-		"max_emails": 1.0, "subject_pattern": "^Invoice", "allowed_domains": []any{"example.com"},
-		"blocked_paths": []any{"/etc"}, "recipient": "client@example.com", "attachments": false, "regions": []any{"eu", "us"},
-	}
+	var (
+		maxEmails = map[string]any{"max_emails": 1.0}
+		subject   = map[string]any{"subject_pattern": "^Invoice"}
+		domains   = map[string]any{"allowed_domains": []any{"example.com"}}
+		paths     = map[string]any{"blocked_paths": []any{"/etc"}}
+		plain     = map[string]any{"recipient": "client@example.com", "attachments": false, "regions": []any{"eu", "us"}}
+		maxN      = map[string]any{"max_n": 1.0}
+	)
 	tests := []struct {
 		name    string
+		scope   map[string]any
 		details map[string]any
 		bad     string // offending key, "" when allowed
 	}{
-		{"nothing claimed", map[string]any{}, ""},
-		{"within every limit", map[string]any{"emails": 1.0, "subject": "Invoice #1", "domains": "example.com", "recipient": "client@example.com", "regions": []any{"eu"}}, ""},
-		{"unmentioned keys pass", map[string]any{"body": "hi"}, ""},
-		{"over a max", map[string]any{"emails": 2.0}, "emails"},
-		{"list counted against max", map[string]any{"emails": []any{"a", "b"}}, "emails"},
-		{"max needs a number", map[string]any{"emails": "one"}, "emails"},
-		{"pattern mismatch", map[string]any{"subject": "Hello"}, "subject"},
-		{"not in allowed list", map[string]any{"domains": "evil.com"}, "domains"},
-		{"in blocked list", map[string]any{"paths": []any{"/tmp", "/etc"}}, "paths"},
-		{"different recipient", map[string]any{"recipient": "attacker@evil.com"}, "recipient"},
-		{"bool widened", map[string]any{"attachments": true}, "attachments"},
-		{"list widened", map[string]any{"regions": []any{"eu", "apac"}}, "regions"},
-		{"echoed limit wider than granted", map[string]any{"max_emails": 50.0}, "max_emails"},
-		{"echoed limit within granted", map[string]any{"max_emails": 1.0, "allowed_domains": []any{"example.com"}}, ""},
-		{"echoed allow list wider", map[string]any{"allowed_domains": []any{"example.com", "evil.com"}}, "allowed_domains"},
-		{"numbers in a list are not a count", map[string]any{"emails": []any{1e9}}, "emails"},
+		{"nothing constrained, nothing claimed", plain, map[string]any{}, ""},
+		{"within every limit", map[string]any{"max_emails": 1.0, "subject_pattern": "^Invoice", "allowed_domains": []any{"example.com"},
+			"blocked_paths": []any{"/etc"}, "recipient": "client@example.com", "regions": []any{"eu", "us"}},
+			map[string]any{"emails": 1.0, "subject": "Invoice #1", "domains": "example.com", "paths": "/tmp",
+				"recipient": "client@example.com", "regions": []any{"eu"}}, ""},
+		{"unmentioned keys pass", plain, map[string]any{"body": "hi"}, ""},
+		{"over a max", maxEmails, map[string]any{"emails": 2.0}, "emails"},
+		{"list counted against max", maxEmails, map[string]any{"emails": []any{"a", "b"}}, "emails"},
+		{"max needs a number", maxEmails, map[string]any{"emails": "one"}, "emails"},
+		{"pattern mismatch", subject, map[string]any{"subject": "Hello"}, "subject"},
+		{"not in allowed list", domains, map[string]any{"domains": "evil.com"}, "domains"},
+		{"in blocked list", paths, map[string]any{"paths": []any{"/tmp", "/etc"}}, "paths"},
+		{"different recipient", plain, map[string]any{"recipient": "attacker@evil.com"}, "recipient"},
+		{"bool widened", plain, map[string]any{"attachments": true}, "attachments"},
+		{"list widened", plain, map[string]any{"regions": []any{"eu", "apac"}}, "regions"},
+		{"echoed limit wider than granted", maxEmails, map[string]any{"max_emails": 50.0, "emails": 1.0}, "max_emails"},
+		{"echoed limit within granted", maxEmails, map[string]any{"max_emails": 1.0, "emails": 1.0}, ""},
+		{"echoed allow list wider", domains, map[string]any{"allowed_domains": []any{"example.com", "evil.com"}, "domains": "example.com"}, "allowed_domains"},
+		{"numbers in a list are not a count", maxEmails, map[string]any{"emails": []any{1e9}}, "emails"},
+		// Fail closed: a constrained subject left out, misspelt or negative.
+		{"max subject missing", maxN, map[string]any{}, "n"},
+		{"keys match exactly", maxN, map[string]any{"N": 500.0}, "n"},
+		{"negative count", maxN, map[string]any{"n": -1000.0}, "n"},
+		{"echo alone does not satisfy a max", maxEmails, map[string]any{"max_emails": 1.0}, "emails"},
+		{"pattern subject missing", subject, map[string]any{"body": "x"}, "subject"},
+		{"allowed subject missing", domains, map[string]any{}, "domains"},
+		{"blocked subject missing", paths, map[string]any{}, "paths"},
+		{"pattern needs a string", subject, map[string]any{"subject": 7.0}, "subject"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			err := agentotp.CheckDetails(scope, tt.details)
+			err := agentotp.CheckDetails(tt.scope, tt.details)
 			if tt.bad == "" {
 				require.NoError(t, err)
 				return
 			}
 			require.ErrorIs(t, err, agentotp.ErrValidation)
-			require.Contains(t, err.Error(), "actionDetails."+tt.bad)
+			require.Contains(t, err.Error(), "actionDetails."+tt.bad+" ")
 		})
 	}
 }
@@ -112,15 +129,21 @@ func TestValidateRequest(t *testing.T) {
 }
 
 func TestMalformedLimitsRefuse(t *testing.T) {
-	scope := map[string]any{"max_amount": "10", "allowed_to": "a@x", "subject_pattern": "(", "blocked_paths": 3.0}
-	for name, details := range map[string]map[string]any{
-		"amount": {"amount": 1e9}, "to": {"to": "evil@y"}, "subject": {"subject": "x"}, "paths": {"paths": "/etc"},
+	for key, c := range map[string]struct {
+		limit   any
+		details map[string]any
+	}{
+		"max_amount":      {"10", map[string]any{"amount": 1e9}},
+		"allowed_to":      {"a@x", map[string]any{"to": "evil@y"}},
+		"subject_pattern": {"(", map[string]any{"subject": "x"}},
+		"blocked_paths":   {3.0, map[string]any{"paths": "/etc"}},
 	} {
-		err := agentotp.CheckDetails(scope, details)
-		require.ErrorIs(t, err, agentotp.ErrValidation, name)
-		require.Contains(t, err.Error(), "cannot be checked", name)
+		err := agentotp.CheckDetails(map[string]any{key: c.limit}, c.details)
+		require.ErrorIs(t, err, agentotp.ErrValidation, key)
+		require.Contains(t, err.Error(), "cannot be checked", key)
+		// Leaving the subject out does not get around a malformed limit.
+		require.ErrorIs(t, agentotp.CheckDetails(map[string]any{key: c.limit}, map[string]any{"other": 1.0}), agentotp.ErrValidation, key)
 	}
-	require.NoError(t, agentotp.CheckDetails(scope, map[string]any{"other": 1.0}))
 }
 
 func TestCheckNarrowing(t *testing.T) {

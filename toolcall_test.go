@@ -291,7 +291,7 @@ func TestPermissionRemembersToolCall(t *testing.T) {
 	})
 
 	t.Run("reaches the re-check at use with the scope as arguments", func(t *testing.T) {
-		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), nil)
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), perm.GrantedScope) // a tool call spends with its exact arguments
 		require.NoError(t, err)
 		require.True(t, res.Success, res.Reason)
 		in := last()
@@ -304,7 +304,7 @@ func TestPermissionRemembersToolCall(t *testing.T) {
 		req.Scope = map[string]any{"path": "/srv/share/a.txt"}
 		perm, tok, err := f.svc.RequestPermission(f.ctx, a, req)
 		require.NoError(t, err)
-		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), nil)
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), perm.GrantedScope) // a tool call spends with its exact arguments
 		require.NoError(t, err)
 		require.True(t, res.Success, res.Reason)
 		in := last()
@@ -391,7 +391,7 @@ func TestPolicyUpdateStopsToolTokens(t *testing.T) {
 	}
 	use := func(perm *agentotp.Permission, tok string) agentotp.UseResult {
 		t.Helper()
-		res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok, perm.GrantedScope)
 		require.NoError(t, err)
 		return res
 	}
@@ -451,4 +451,27 @@ func TestPolicyUpdateStopsToolTokens(t *testing.T) {
 		require.False(t, res.Success, "a rule reading args it cannot see fails closed")
 		require.Equal(t, "refused by policy: evaluation failed", res.Reason)
 	})
+}
+
+// A tool call's permission is spent only with the exact arguments approved:
+// the tool's own argument names are not scope rules, and other arguments
+// are refused.
+func TestToolCallUseBindsTheArguments(t *testing.T) {
+	f := newFixture(t)
+	f.eff.Store(int32(agentotp.EffectAutoApprove))
+	a := f.agent("gw")
+	args := map[string]any{"pattern": "TODO", "file_pattern": "*.go", "max_results": 10.0}
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "mcp.fs.search", Scope: args,
+		Tool: &agentotp.ToolCall{Server: "fs", Name: "search", Args: args}})
+	require.NoError(t, err)
+	for _, other := range []map[string]any{nil, {}, {"pattern": "TODO", "file_pattern": "*", "max_results": 10.0},
+		{"pattern": "TODO", "file_pattern": "*.go", "max_results": 10.0, "extra": true}} {
+		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), other)
+		require.NoError(t, err)
+		require.False(t, res.Success, "%v", other)
+		require.Contains(t, res.Reason, "not the ones approved")
+	}
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"max_results": 10, "file_pattern": "*.go", "pattern": "TODO"})
+	require.NoError(t, err)
+	require.True(t, res.Success, res.Reason)
 }

@@ -92,9 +92,7 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 	now := s.clock()
 	reason := tokenState(perm, token, now)
 	if reason == "" {
-		if err := CheckDetails(perm.GrantedScope, details); err != nil {
-			reason = "outside the granted scope: " + errMessage(err)
-		}
+		reason = checkUse(perm, details)
 	}
 	if reason == "" {
 		reason = s.recheck(ctx, p, perm, now)
@@ -151,6 +149,25 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 		s.notifyResolved(&used)
 	}
 	return res, nil
+}
+
+// checkUse holds one use's details to the grant. A tool call's permission
+// approves exact arguments: the details must be those arguments as granted
+// (after any narrowing), compared by their canonical hash, since argument
+// names such as "max_results" or "file_pattern" are the tool's own, not
+// scope rules. Any other permission's details are checked against the
+// scope's rules (CheckDetails).
+func checkUse(perm *Permission, details map[string]any) string {
+	if perm.Tool != nil {
+		if ArgsHash(details) != ArgsHash(perm.GrantedScope) {
+			return "the arguments are not the ones approved for this tool call"
+		}
+		return ""
+	}
+	if err := CheckDetails(perm.GrantedScope, details); err != nil {
+		return "outside the granted scope: " + errMessage(err)
+	}
+	return ""
 }
 
 // recheck asks the policy again at use: a rule that now denies the request

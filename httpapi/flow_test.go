@@ -281,7 +281,7 @@ func TestTokenBinding(t *testing.T) {
 
 	t.Run("a use outside the granted scope is refused and spends nothing", func(t *testing.T) {
 		p := e.grant(a.Key, map[string]any{"scope": map[string]any{"max_amount": 100, "allowed_currency": []any{"EUR"}}})
-		u := e.use(a.Key, p.ID, p.Token, map[string]any{"amount": 101})
+		u := e.use(a.Key, p.ID, p.Token, map[string]any{"amount": 101, "currency": "EUR"})
 		require.False(t, u.Success)
 		require.Contains(t, u.Reason, "amount")
 		u = e.use(a.Key, p.ID, p.Token, map[string]any{"amount": 5, "currency": "USD"})

@@ -32,7 +32,9 @@ func (s *Server) approvalPrompt(ctx context.Context, a Permissions, req mcp.Call
 	}
 	bound, _ := agentFrom(ctx)
 	v, err := s.prompts.Ask(ctx, a, promptKey(bound.identity, name, input), name,
-		agentotp.PermissionRequest{Action: "claude." + name, Scope: input})
+		agentotp.PermissionRequest{Action: "claude." + name, Scope: input,
+			// A tool call: the approval binds to these exact arguments.
+			Tool: &agentotp.ToolCall{Server: "claude-code", Name: name, Args: input}})
 	if err != nil {
 		return deny("agentotp could not decide: " + resultText(s.errorResult(ctx, "approval_prompt", err)))
 	}

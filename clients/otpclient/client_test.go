@@ -185,6 +185,8 @@ func TestVerifyUseRevoke(t *testing.T) {
 	e := newEnv(t)
 	c := e.client()
 	ctx := context.Background()
+	// Within the scope below: a use must name what max_emails limits.
+	okUse := map[string]any{"emails": 1}
 	newPerm := func(t *testing.T, uses int) *otpclient.Permission {
 		p, err := c.RequestPermission(ctx, otpclient.Request{Action: "auto.mail", Uses: uses, TTL: time.Minute,
 			Scope: map[string]any{"max_emails": 2, "recipient": "a@example.com"}})
@@ -211,9 +213,9 @@ func TestVerifyUseRevoke(t *testing.T) {
 		require.ErrorAs(t, err, &oe)
 		require.Contains(t, oe.Reason, "outside the granted scope")
 
-		_, err = c.Use(ctx, p.ID, p.Token, nil)
+		_, err = c.Use(ctx, p.ID, p.Token, okUse)
 		require.NoError(t, err)
-		_, err = c.Use(ctx, p.ID, p.Token, nil)
+		_, err = c.Use(ctx, p.ID, p.Token, okUse)
 		require.ErrorIs(t, err, otpclient.ErrUseRefused)
 		require.ErrorAs(t, err, &oe)
 		require.Equal(t, agentotp.ReasonTokenUsed, oe.Reason)
@@ -234,7 +236,7 @@ func TestVerifyUseRevoke(t *testing.T) {
 	t.Run("expired token", func(t *testing.T) {
 		p := newPerm(t, 1)
 		e.clock.Add(2 * time.Minute)
-		_, err := c.Use(ctx, p.ID, p.Token, nil)
+		_, err := c.Use(ctx, p.ID, p.Token, okUse)
 		require.ErrorIs(t, err, otpclient.ErrUseRefused)
 		require.ErrorIs(t, err, otpclient.ErrExpired)
 		got, err := c.GetPermission(ctx, p.ID)
@@ -248,7 +250,7 @@ func TestVerifyUseRevoke(t *testing.T) {
 		r, err := c.Revoke(ctx, p.ID, "changed my mind")
 		require.NoError(t, err)
 		require.Equal(t, agentotp.StatusRevoked, r.Status)
-		_, err = c.Use(ctx, p.ID, p.Token, nil)
+		_, err = c.Use(ctx, p.ID, p.Token, okUse)
 		require.ErrorIs(t, err, otpclient.ErrRevoked)
 		// Revoking again (as a retry whose answer was lost would) succeeds.
 		r, err = c.Revoke(ctx, p.ID, "")

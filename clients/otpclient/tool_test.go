@@ -40,7 +40,7 @@ func TestAuthorizeCarriesToolCall(t *testing.T) {
 			stored, err := e.svc.Store().Permission(ctx, p.ID)
 			require.NoError(t, err)
 			require.Equal(t, want, stored.Tool, "the server keeps the call")
-			require.NoError(t, a.Spend(ctx, p.ID, tok, nil))
+			require.NoError(t, a.Spend(ctx, p.ID, tok, args), "a tool call is spent with its exact arguments")
 
 			_, _, err = a.Authorize(ctx, agentotp.PermissionRequest{Action: "auto.x", Tool: &agentotp.ToolCall{Server: "fs"}}, 0)
 			require.ErrorIs(t, err, agentotp.ErrValidation)
