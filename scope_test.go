@@ -156,3 +156,23 @@ func TestCheckNarrowing(t *testing.T) {
 	require.NoError(t, agentotp.CheckNarrowing("scopeModifications", base,
 		map[string]any{"max_amount": 5.0, "allowed": []any{}, "o": map[string]any{"n": 0.0}, "new": "key"}))
 }
+
+// A refused use spends nothing and says so: usesRemaining is the true
+// count, not 0.
+func TestRefusedUseTellsTheUsesLeft(t *testing.T) {
+	f := newFixture(t)
+	f.eff.Store(int32(agentotp.EffectAutoApprove))
+	a := f.agent("counter")
+	perm, tok, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x", Uses: 3, Scope: map[string]any{"max_n": 1.0}})
+	require.NoError(t, err)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"n": 2.0})
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	require.Equal(t, 3, res.UsesRemaining)
+	res, err = f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.UseResult{Success: true, UsesRemaining: 2}, res)
+	res, err = f.svc.Use(f.ctx, a, perm.ID, "otp_wrong", map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.Equal(t, 2, res.UsesRemaining)
+}

@@ -112,6 +112,9 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 
 	var res UseResult
 	err = s.store.Update(ctx, func(tx Tx) error {
+		// A refusal still tells the uses left, as long as the grant lives:
+		// nothing was spent.
+		left := usable(perm, now)
 		if reason == "" {
 			remaining, err := tx.SpendToken(ctx, id, p.Agent.ID, HashSecret(token), now)
 			switch {
@@ -132,8 +135,9 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 			if reason = tokenState(cur, token, now); reason == "" {
 				reason = ReasonTokenUsed
 			}
+			left = usable(cur, now)
 		}
-		res = UseResult{Reason: reason}
+		res = UseResult{Reason: reason, UsesRemaining: left}
 		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
 			"reason": reason, "actionDetails": details,
 		}), perm))
@@ -149,6 +153,15 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 		s.notifyResolved(&used)
 	}
 	return res, nil
+}
+
+// usable is how many uses perm has left at now: none unless it is approved
+// and unexpired.
+func usable(perm *Permission, now time.Time) int {
+	if perm.Effective(now).Status != StatusApproved {
+		return 0
+	}
+	return perm.UsesRemaining
 }
 
 // checkUse holds one use's details to the grant. A tool call's permission

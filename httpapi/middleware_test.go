@@ -53,6 +53,12 @@ func TestRateLimit(t *testing.T) {
 				require.NoError(t, err, "Retry-After %q", r.Header.Get("Retry-After"))
 				require.GreaterOrEqual(t, ra, 1)
 				require.LessOrEqual(t, ra, 5)
+				// v0.1.1's headers too.
+				require.Equal(t, "120", r.Header.Get("X-RateLimit-Limit"))
+				require.Equal(t, "0", r.Header.Get("X-RateLimit-Remaining"))
+				reset, err := strconv.ParseInt(r.Header.Get("X-RateLimit-Reset"), 10, 64)
+				require.NoError(t, err)
+				require.InDelta(t, time.Now().UnixMilli(), reset, 5000)
 				limited++
 			} else {
 				ok = append(ok, r)
@@ -72,6 +78,21 @@ func TestRateLimit(t *testing.T) {
 		}
 		// Another principal has its own budget.
 		e.do("POST", "/api/v1/permissions/request", other.Key, map[string]any{"action": "auto.x"}).data(t, http.StatusCreated, nil)
+	})
+
+	t.Run("refusals are limited too", func(t *testing.T) {
+		// An agent key on an admin route (403) and a disabled agent's key
+		// spend the same budget as any request.
+		time.Sleep(2100 * time.Millisecond) // the admin's own budget refills first
+		noisy := e.createAgent("noisy")
+		_, limited := burst(12, func(int) resp { return e.tryResp("GET", "/api/v1/agents", noisy.Key, nil) })
+		require.GreaterOrEqual(t, limited, 6, "403s must be rate limited")
+		off := e.createAgent("off")
+		e.do("PATCH", "/api/v1/agents/"+off.ID, e.adminKey, map[string]any{"isActive": false}).data(t, http.StatusOK, nil)
+		_, limited = burst(12, func(int) resp {
+			return e.tryResp("POST", "/api/v1/permissions/request", off.Key, map[string]any{"action": "auto.x"})
+		})
+		require.GreaterOrEqual(t, limited, 6, "a disabled key must be rate limited")
 	})
 
 	t.Run("budget refills", func(t *testing.T) {

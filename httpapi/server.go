@@ -209,19 +209,28 @@ func (s *Server) auth(need role, h handlerFunc) http.Handler {
 		}
 		p, err := s.svc.Authenticate(r.Context(), key)
 		if err != nil {
-			// Failed keys are limited per client address (threat A8).
-			if agentotp.ErrorCode(err) == agentotp.CodeUnauthorized && !s.allow(w, limitKey(r)) {
-				return
+			switch agentotp.ErrorCode(err) {
+			case agentotp.CodeUnauthorized:
+				// Failed keys are limited per client address (threat A8).
+				if !s.allow(w, limitKey(r)) {
+					return
+				}
+			case agentotp.CodeForbidden:
+				// A disabled key is still one caller: limited as itself.
+				if !s.allow(w, "key:"+agentotp.HashSecret(key)) {
+					return
+				}
 			}
 			s.fail(w, r, err)
 			return
 		}
-		if !permitted(need, p) {
-			writeError(w, forbidden(need))
-			return
-		}
+		// Limited before authorization, so refusals count too.
 		kind, id := p.Actor()
 		if !s.allow(w, kind+":"+id) {
+			return
+		}
+		if !permitted(need, p) {
+			writeError(w, forbidden(need))
 			return
 		}
 		h(w, r, p)
@@ -298,6 +307,11 @@ func (s *Server) allow(w http.ResponseWriter, key string) bool {
 		res.CancelAt(now)
 		secs := int(delay/time.Second) + 1
 		w.Header().Set("Retry-After", fmt.Sprint(secs))
+		// v0.1.1 clients read these: the limit per minute, none left, and
+		// when the next request is allowed (milliseconds since the epoch).
+		w.Header().Set("X-RateLimit-Limit", fmt.Sprint(int(float64(s.limit)*60)))
+		w.Header().Set("X-RateLimit-Remaining", "0")
+		w.Header().Set("X-RateLimit-Reset", fmt.Sprint(now.Add(delay).UnixMilli()))
 		writeError(w, agentotp.Errorf(agentotp.CodeRateLimited, "too many requests; retry after %d s", secs))
 		return false
 	}
