@@ -456,6 +456,12 @@ func (s *Service) Approvals(ctx context.Context, p Principal, id PermissionID) (
 	return s.store.Approvals(ctx, id)
 }
 
+// The range of times an audit filter may name.
+var (
+	minFilterTime = time.Unix(0, 0)
+	maxFilterTime = time.Date(2200, 1, 1, 0, 0, 0, 0, time.UTC)
+)
+
 // ListAudit returns audit events for admins.
 func (s *Service) ListAudit(ctx context.Context, p Principal, f AuditFilter) ([]*AuditEvent, error) {
 	if err := requireAdmin(p); err != nil {
@@ -463,6 +469,13 @@ func (s *Service) ListAudit(ctx context.Context, p Principal, f AuditFilter) ([]
 	}
 	if f.Type != "" && !f.Type.Valid() {
 		return nil, ValidationError("eventType", "is not a known event type")
+	}
+	// Times are stored as nanoseconds since 1970: outside what that holds
+	// a bound would wrap around and match the wrong events.
+	for name, t := range map[string]time.Time{"startDate": f.Start, "endDate": f.End} {
+		if !t.IsZero() && (t.Before(minFilterTime) || t.After(maxFilterTime)) {
+			return nil, ValidationError(name, "must be between 1970 and 2200")
+		}
 	}
 	if f.Limit <= 0 {
 		f.Limit = 50

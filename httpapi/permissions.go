@@ -294,8 +294,9 @@ func pageFrom(r *http.Request) (agentotp.Page, error) {
 	}{{"page", &p.Page}, {"limit", &p.Limit}} {
 		if v := q.Get(f.name); v != "" {
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || (f.name == "limit" && n > 100) {
-				return p, agentotp.ValidationError(f.name, "must be a positive integer (limit at most 100)")
+			// A page past a million would overflow the row offset.
+			if err != nil || n < 1 || (f.name == "limit" && n > 100) || n > 1_000_000 {
+				return p, agentotp.ValidationError(f.name, "must be a positive integer (limit at most 100, page at most 1,000,000)")
 			}
 			*f.dst = n
 		}
