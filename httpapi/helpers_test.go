@@ -152,6 +152,8 @@ func newTestServer(t testing.TB, opts ...envOption) *testEnv {
 	})
 	srv.Config.Handler = httpapi.New(svc, httpapi.Options{PublicURL: publicURL, RateLimit: o.rateLimit, Logger: o.logger,
 		CallbackKey: o.callbackKey})
+	srv.Config.MaxHeaderBytes = 16 << 10
+	srv.Listener = httpapi.JSONErrors(srv.Listener) // as serve runs it
 	srv.Start()
 	adminKey := agentotp.NewUserKey()
 	_, err = svc.EnsureAdmin(ctx, adminKey)

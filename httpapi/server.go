@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path"
 	"runtime/debug"
 	"strings"
 	"sync"
@@ -460,6 +461,13 @@ func (s *Server) middleware(next http.Handler) http.Handler {
 		r = r.WithContext(ctx)
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
 		sw := &statusWriter{ResponseWriter: w}
+		if clean := cleanPath(r.URL.Path); clean != r.URL.Path {
+			// The mux would redirect with an HTML body; an API answers
+			// in its envelope, and clients should use the exact path.
+			writeError(sw, agentotp.Errorf(agentotp.CodeNotFound, "no route for %s %s: use the clean path %s", r.Method, r.URL.Path, clean))
+			s.requests.WithLabelValues("unclean", "404").Inc()
+			return
+		}
 		defer func() {
 			if v := recover(); v != nil {
 				if v == http.ErrAbortHandler {
@@ -523,4 +531,19 @@ func (s *Server) metricsHandler() http.Handler {
 		}
 		admin.ServeHTTP(w, r)
 	})
+}
+
+// cleanPath is path.Clean keeping a trailing slash, as the mux cleans.
+func cleanPath(p string) string {
+	if p == "" {
+		return "/"
+	}
+	if p[0] != '/' {
+		p = "/" + p
+	}
+	np := path.Clean(p)
+	if p[len(p)-1] == '/' && np != "/" {
+		np += "/"
+	}
+	return np
 }

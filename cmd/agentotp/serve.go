@@ -234,7 +234,7 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		}
 	}()
 
-	return runHTTP(ctx, ln, api, logger)
+	return runHTTP(ctx, httpapi.JSONErrors(ln), api, logger)
 }
 
 // runHTTP serves h on ln until ctx ends, then shuts down gracefully.
