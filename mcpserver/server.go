@@ -38,6 +38,8 @@ type Permissions interface {
 	UseToken(ctx context.Context, id agentotp.PermissionID, token agentotp.Secret, details map[string]any) (agentotp.UseResult, error)
 	RevokePermission(ctx context.Context, id agentotp.PermissionID, reason string) (*agentotp.Permission, error)
 	ApprovalURL(id agentotp.PermissionID) string
+	// RecordOutcome audits how the action under a spent permission went.
+	RecordOutcome(ctx context.Context, id agentotp.PermissionID, o agentotp.Outcome) error
 }
 
 var (

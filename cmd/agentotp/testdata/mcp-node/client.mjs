@@ -147,7 +147,7 @@ try {
     check("verify_permission before use: valid", !res.isError && s.valid === true && s.uses_remaining === 1, brief(res));
 
     // 3. Use once: success.
-    res = await call("use_permission", { id, token, details: { max_messages: 1 } });
+    res = await call("use_permission", { id, token, details: { messages: 1 } });
     s = sc(res);
     check("use_permission: success", !res.isError && s.success === true && s.uses_remaining === 0, brief(res));
 
