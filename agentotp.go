@@ -26,7 +26,7 @@ type (
 	EventID      string
 )
 
-// Id prefixes, as documented in PRODUCT §3.
+// Id prefixes, part of the wire format.
 const (
 	PermissionIDPrefix = "perm_"
 	AgentIDPrefix      = "agt_"
@@ -41,7 +41,7 @@ var idEncoding = base32.NewEncoding("0123456789abcdefghjkmnpqrstvwxyz").WithPadd
 // bits of Unix milliseconds, then 80 random bits. Ids sort by creation time,
 // so the store's indexes grow at one end instead of being rewritten at
 // random places (several times faster inserts), and 80 random bits keep them
-// unguessable: an id alone never grants anything anyway (threat D4).
+// unguessable: an id alone never grants anything anyway.
 func newID(prefix string) string {
 	var b [16]byte
 	ms := uint64(time.Now().UnixMilli())

@@ -37,6 +37,7 @@ const (
 	EventPolicyReload   EventType = "policy_reload"
 	EventPolicyError    EventType = "policy_error"
 	EventToolResult     EventType = "tool_result" // how a gated action went after its use was spent
+	EventPrune          EventType = "prune"       // decided permissions past retention were deleted (their events stay)
 )
 
 // EventTypes lists every event type, for validating filters.
@@ -46,7 +47,7 @@ var EventTypes = []EventType{
 	EventAgentCreate, EventAgentUpdate, EventAgentDelete,
 	EventUserCreate, EventUserUpdate, EventUserDelete,
 	EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete, EventPolicyReload, EventPolicyError,
-	EventToolResult,
+	EventToolResult, EventPrune,
 }
 
 // Valid reports whether t is a known event type.
@@ -60,8 +61,9 @@ func (t EventType) Valid() bool {
 }
 
 // AuditEvent is one link of the append-only, hash-chained audit trail. The
-// store assigns Seq, PrevHash and Hash when it appends the event inside the
-// transaction of the change it records.
+// store assigns Seq, PrevHash, Hash and, when it holds an AuditKey, MAC (and
+// TokenRef) when it appends the event inside the transaction of the change
+// it records.
 type AuditEvent struct {
 	Seq          int64
 	ID           EventID
@@ -78,6 +80,13 @@ type AuditEvent struct {
 	DetailsJSON []byte
 	PrevHash    string
 	Hash        string
+	// TokenRef is set on token_issue events appended with a key: the
+	// AuditKey.TokenRef of the issued token's hash, so verification can
+	// tell whether the permission still holds that token. "" otherwise.
+	TokenRef string
+	// MAC is AuditKey.EventMAC of the event; "" for events appended
+	// without a key (before the key existed).
+	MAC string
 }
 
 // GenesisHash is the PrevHash of the first event.
@@ -131,11 +140,26 @@ func (e *AuditEvent) ComputeHash(prevHash string) (string, error) {
 type ChainVerifier struct {
 	prevSeq  int64
 	prevHash string
+	key      *AuditKey
 	Checked  int64
+	// KeyedFrom is the first event that carries a MAC (0: none so far).
+	// Every later event must carry one too.
+	KeyedFrom int64
+	// Unkeyed counts the events before KeyedFrom: written before the key
+	// existed, they are checked by hash only.
+	Unkeyed int64
 }
 
-// NewChainVerifier starts at the genesis.
+// NewChainVerifier starts at the genesis. It checks the hash chain only;
+// MACs are not checked.
 func NewChainVerifier() *ChainVerifier { return &ChainVerifier{prevHash: GenesisHash} }
+
+// NewKeyedChainVerifier starts at the genesis and also checks every MAC
+// with key: an event whose MAC does not match, or that carries none after
+// the first one that does, breaks the chain.
+func NewKeyedChainVerifier(key *AuditKey) *ChainVerifier {
+	return &ChainVerifier{prevHash: GenesisHash, key: key}
+}
 
 // ChainError names the first bad event.
 type ChainError struct {
@@ -161,6 +185,20 @@ func (v *ChainVerifier) Next(e *AuditEvent) error {
 	}
 	if !EqualHash(want, e.Hash) {
 		return &ChainError{Seq: e.Seq, Reason: "content does not match its hash (edited)"}
+	}
+	switch {
+	case e.MAC == "" && v.KeyedFrom > 0:
+		return &ChainError{Seq: e.Seq, Reason: fmt.Sprintf("carries no MAC although the chain is keyed from seq %d (MAC removed)", v.KeyedFrom)}
+	case e.MAC == "":
+		v.Unkeyed++
+	case v.key != nil && !v.key.VerifyEvent(e):
+		if v.KeyedFrom == 0 {
+			return &ChainError{Seq: e.Seq, Reason: fmt.Sprintf("MAC of the first keyed event does not match: wrong audit key (this key is %s), or the event was rewritten", v.key.ID())}
+		}
+		return &ChainError{Seq: e.Seq, Reason: "MAC does not match: the event was rewritten (its hash recomputed without the audit key)"}
+	}
+	if e.MAC != "" && v.KeyedFrom == 0 {
+		v.KeyedFrom = e.Seq
 	}
 	v.prevSeq, v.prevHash = e.Seq, e.Hash
 	v.Checked++
@@ -193,6 +231,27 @@ type AuditReport struct {
 	Checked  int64
 	LastSeq  int64
 	LastHash string
-	BadSeq   int64
-	Reason   string
+	// BadSeq is the first bad event (0 when the chain is sound or the
+	// failure names no event); Reason says what is wrong.
+	BadSeq int64
+	Reason string
+
+	// KeyID names the audit key the MACs were checked with; "" when they
+	// were not (no key).
+	KeyID string
+	// KeyedFrom is the first event carrying a MAC (0: none); Unkeyed counts
+	// the events before it, checked by hash only.
+	KeyedFrom int64
+	Unkeyed   int64
+	// Checkpoint is the checkpoint verified against, nil when none.
+	Checkpoint *Checkpoint
+	// Head is a signed checkpoint of the verified chain's newest event, to
+	// keep elsewhere; nil when verification failed or there is no key.
+	Head *Checkpoint
+	// Permissions counts the permissions cross-checked against the state
+	// their events imply. Mismatches lists those that disagree (at most
+	// AuditVerifyOptions.MaxMismatches); MismatchCount counts them all.
+	Permissions   int64
+	Mismatches    []PermissionMismatch
+	MismatchCount int
 }

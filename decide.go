@@ -9,7 +9,7 @@ import (
 )
 
 // Decide records a human's answer to a pending request. Only approvers and
-// admins decide — never an agent, so no agent can approve itself (threat B2).
+// admins decide — never an agent, so no agent can approve itself.
 // The state change is a compare-and-set: of two deciders at the same
 // instant one wins, the other gets CONFLICT, and both attempts are audited.
 // The token is not part of the answer: only the requesting agent receives it.
@@ -19,7 +19,7 @@ func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in D
 	}
 	if p.IsAgent() || !p.Role().CanDecide() {
 		// An agent trying to decide its own request is the self-approval
-		// the v0.1.1 API allowed (threat B2): refuse it and keep a record.
+		// the v0.1.1 API allowed: refuse it and keep a record.
 		if perm, err := s.load(ctx, p, id); err == nil {
 			s.recordRefusal(ctx, p, perm, in, "agents cannot decide requests")
 		}
@@ -120,8 +120,8 @@ func (s *Service) Decide(ctx context.Context, p Principal, id PermissionID, in D
 }
 
 // vote records one approval toward a quorum and reports whether the quorum
-// is now met. Approvers are counted once each, whatever channel they use
-// (threat B13); a second approval by the same person is refused.
+// is now met. Approvers are counted once each, whatever channel they use;
+// a second approval by the same person is refused.
 func (s *Service) vote(ctx context.Context, tx Tx, p Principal, cur *Permission, in DecideInput, now time.Time, reject func(string) error) (bool, error) {
 	if p.User == nil {
 		return true, nil
@@ -159,8 +159,8 @@ func (s *Service) vote(ctx context.Context, tx Tx, p Principal, cur *Permission,
 	}), cur))
 }
 
-// recordRefusal audits a decision attempt by someone not allowed to make it
-// (threats B1, B2). Failing to record it is logged, not returned: the
+// recordRefusal audits a decision attempt by someone not allowed to make it.
+// Failing to record it is logged, not returned: the
 // caller is refused either way.
 func (s *Service) recordRefusal(ctx context.Context, p Principal, perm *Permission, in DecideInput, why string) {
 	now := s.clock()
@@ -187,8 +187,8 @@ func (s *Service) mayApprove(p Principal, perm *Permission) error {
 }
 
 // RecordUnknownDecider audits a decision attempt by someone who is not a
-// user at all — a Telegram account linked to nobody — and changes nothing
-// (threat B1). actorType names the channel ("telegram"), actorID the
+// user at all — a Telegram account linked to nobody — and changes nothing.
+// actorType names the channel ("telegram"), actorID the
 // account there.
 func (s *Service) RecordUnknownDecider(ctx context.Context, actorType, actorID string, id PermissionID, approved bool, why string) error {
 	perm, err := s.store.Permission(ctx, id)

@@ -69,7 +69,9 @@ func (g *Guard) Ask(ctx context.Context, auth GuardAuthorizer, key, name string,
 	perm, token, err := auth.Authorize(ctx, req, g.wait)
 	g.mu.Lock()
 	switch {
-	case err == nil && perm.Status == StatusPending:
+	case err != nil || perm.Status == StatusPending:
+		// Still waiting — or the wait broke off (the caller left), and
+		// the request may exist: the same call asked again picks it up.
 		if len(g.pending) >= maxGuardPending {
 			clear(g.pending)
 		}

@@ -1,6 +1,8 @@
 package agentotp
 
 import (
+	"encoding/json"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -60,8 +62,14 @@ const (
 	MaxObjectKeys = 256
 	// MaxObjectDepth bounds nesting in those objects.
 	MaxObjectDepth = 16
-	// MaxObjectBytes bounds the JSON size of one such object.
+	// MaxObjectBytes bounds the JSON size of one such object, and is the
+	// ceiling of Options.MaxRequestObjectBytes.
 	MaxObjectBytes = 64 << 10
+	// DefaultMaxRequestObjectBytes is the default cap on the JSON size of
+	// each object a permission request stores: its scope, its context and
+	// its tool call's annotations (Options.MaxRequestObjectBytes). One
+	// agent key must not be able to fill the disk with large requests.
+	DefaultMaxRequestObjectBytes = 8 << 10
 )
 
 // Permission is one request by one agent for one action, and — once
@@ -183,8 +191,21 @@ type PermissionRequest struct {
 }
 
 // Validate checks a request at the edge and fills defaults. A tool call is
-// replaced by a checked copy whose ArgsHash is computed from its Args.
+// replaced by a checked copy whose ArgsHash is computed from its Args. The
+// objects the request stores are capped at DefaultMaxRequestObjectBytes.
 func (r *PermissionRequest) Validate() error {
+	return r.ValidateWithin(DefaultMaxRequestObjectBytes)
+}
+
+// ValidateWithin is Validate with the cap on the stored objects (scope,
+// context, tool.annotations) set to maxObjectBytes of JSON (at most
+// MaxObjectBytes; 0 or less means the default). An object over the cap is
+// refused with PAYLOAD_TOO_LARGE naming the object, its size and the limit.
+func (r *PermissionRequest) ValidateWithin(maxObjectBytes int) error {
+	if maxObjectBytes <= 0 {
+		maxObjectBytes = DefaultMaxRequestObjectBytes
+	}
+	maxObjectBytes = min(maxObjectBytes, MaxObjectBytes)
 	switch {
 	case r.Action == "":
 		return ValidationError("action", "is required")
@@ -230,13 +251,16 @@ func (r *PermissionRequest) Validate() error {
 	if r.Context == nil {
 		r.Context = map[string]any{}
 	}
-	if err := ValidateObject("scope", r.Scope); err != nil {
+	if err := validateStoredObject("scope", r.Scope, maxObjectBytes); err != nil {
 		return err
 	}
-	if err := ValidateObject("context", r.Context); err != nil {
+	if err := validateStoredObject("context", r.Context, maxObjectBytes); err != nil {
 		return err
 	}
 	if r.Tool != nil {
+		if err := validateStoredObject("tool.annotations", r.Tool.Annotations, maxObjectBytes); err != nil {
+			return err
+		}
 		t, err := r.Tool.validated()
 		if err != nil {
 			return err
@@ -244,6 +268,40 @@ func (r *PermissionRequest) Validate() error {
 		r.Tool = t
 	}
 	return nil
+}
+
+// validateStoredObject checks an object a request stores: the keys, depth
+// and strings of ValidateObject, then its exact JSON size (as stored)
+// against limit. Oversize is PAYLOAD_TOO_LARGE, not a validation error:
+// the request is well formed, just bigger than this server keeps.
+func validateStoredObject(field string, m map[string]any, limit int) error {
+	if len(m) > MaxObjectKeys {
+		return ValidationError(field, "has more than 256 keys")
+	}
+	if _, err := validateValue(field, m, 0); err != nil {
+		return err
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return ValidationError(field, "must hold only JSON values")
+	}
+	if len(b) > limit {
+		problem := "is " + groupDigits(len(b)) + " bytes of JSON; the limit is " + groupDigits(limit)
+		return &Error{Code: CodeTooLarge, Message: field + " " + problem, Details: map[string]string{field: problem}}
+	}
+	return nil
+}
+
+// groupDigits writes n with thousands separators: 9321 → "9,321".
+func groupDigits(n int) string {
+	if n < 0 {
+		return "-" + groupDigits(-n)
+	}
+	s := strconv.Itoa(n)
+	for i := len(s) - 3; i > 0; i -= 3 {
+		s = s[:i] + "," + s[i:]
+	}
+	return s
 }
 
 // validText rejects invalid UTF-8, NUL and other C0/C1 control characters

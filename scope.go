@@ -103,7 +103,7 @@ func equalValue(a, b any) bool {
 }
 
 // CheckDetails enforces a granted scope against the details of one use, so a
-// scope is a limit the server holds, not advice to the agent (threat A4).
+// scope is a limit the server holds, not advice to the agent.
 // For every key of the scope:
 //
 //   - the same key in details may only be narrower: a number no larger, a

@@ -53,7 +53,7 @@ func TestCredentialFormats(t *testing.T) {
 }
 
 // FuzzTokenMutation checks that no mutation of a token other than the token
-// itself matches its hash (threat A7), and that parsing never panics.
+// itself matches its hash, and that parsing never panics.
 func FuzzTokenMutation(f *testing.F) {
 	tok := agentotp.NewToken().Reveal()
 	hash := agentotp.HashSecret(tok)

@@ -27,6 +27,17 @@ type Options struct {
 	// WaitPoll is how often waiters re-read the store for changes made by
 	// other processes. Default 1 s.
 	WaitPoll time.Duration
+	// MaxRequestObjectBytes caps the JSON size of each object a request
+	// stores (scope, context, tool.annotations); larger ones are refused
+	// with PAYLOAD_TOO_LARGE. Default DefaultMaxRequestObjectBytes (8 KiB),
+	// at most MaxObjectBytes (64 KiB).
+	MaxRequestObjectBytes int
+	// MaxStoredBytesPerAgent is the storage quota: how many bytes one
+	// agent's stored permissions (pending, live, or decided and not yet
+	// pruned; see StorageUsage and Prune) may take. Once they take that
+	// much, requests are refused with RATE_LIMITED. Default
+	// DefaultMaxStoredBytesPerAgent.
+	MaxStoredBytesPerAgent int64
 	// CallbackHosts is the allow-list of callback receivers: "host" or
 	// "host:port" (see ParseCallbackHost). A request whose callbackUrl
 	// names another host is refused; with an empty list every callbackUrl
@@ -49,6 +60,8 @@ type Service struct {
 	watched    watchlist // pending requests announced to the notifier
 
 	callbackHosts []CallbackHost
+	maxObject     int   // Options.MaxRequestObjectBytes
+	maxStored     int64 // Options.MaxStoredBytesPerAgent
 }
 
 // NewService returns a Service over store.
@@ -79,6 +92,7 @@ func NewService(store Store, opts Options) *Service {
 	if s.waitPoll <= 0 {
 		s.waitPoll = time.Second
 	}
+	s.maxObject, s.maxStored = requestLimits(opts, s.log)
 	for _, h := range opts.CallbackHosts {
 		if ch, err := ParseCallbackHost(h); err == nil {
 			s.callbackHosts = append(s.callbackHosts, ch)
@@ -123,6 +137,10 @@ func permEvent(e *AuditEvent, perm *Permission) *AuditEvent {
 	e.AgentID, e.PermissionID = perm.AgentID, perm.ID
 	return e
 }
+
+// errRetried stops a request whose idempotency key already made a
+// permission; the caller answers with that one.
+var errRetried = errors.New("idempotency key already used")
 
 var (
 	errNotFoundPermission = Errorf(CodeNotFound, "permission request not found")
@@ -172,7 +190,7 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 	if !p.IsAgent() {
 		return nil, "", errAgentOnly
 	}
-	if err := req.Validate(); err != nil {
+	if err := req.ValidateWithin(s.maxObject); err != nil {
 		return nil, "", err
 	}
 	if req.CallbackURL != "" {
@@ -182,12 +200,6 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 	}
 	agent := p.Agent
 	now := s.clock()
-
-	if req.IdempotencyKey != "" {
-		if perm, tok, done, err := s.replay(ctx, p, req, now); done || err != nil {
-			return perm, tok, err
-		}
-	}
 
 	// Decide once outside the writer. A decision that consulted budgets
 	// is decided again inside it, counting through the transaction, so
@@ -202,6 +214,17 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		token Secret
 	)
 	err := s.store.Update(ctx, func(tx Tx) error {
+		if req.IdempotencyKey != "" {
+			// A retry: answered from the permission its key made (below),
+			// looked up here rather than in a transaction of its own.
+			_, err := tx.PermissionByIdempotencyKey(ctx, agent.ID, req.IdempotencyKey)
+			if err == nil {
+				return errRetried
+			}
+			if !errors.Is(err, ErrNotFound) {
+				return err
+			}
+		}
 		var events []*AuditEvent
 		perm, token, events = first, firstToken, firstEvents
 		if probe.asked.Load() {
@@ -219,13 +242,16 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 				return Errorf(CodeRateLimited, "too many requests are waiting for approval")
 			}
 		}
+		if err := s.checkQuota(ctx, tx, agent.ID); err != nil {
+			return err
+		}
 		if err := tx.CreatePermission(ctx, perm); err != nil {
 			return err
 		}
 		return appendAll(ctx, tx, events)
 	})
-	if errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
-		// Lost a race with a concurrent retry carrying the same key.
+	if errors.Is(err, errRetried) || errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
+		// A retry, or a race lost to a concurrent one with the same key.
 		if perm, tok, done, rerr := s.replay(ctx, p, req, now); done || rerr != nil {
 			return perm, tok, rerr
 		}

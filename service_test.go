@@ -128,18 +128,18 @@ func TestTokenBinding(t *testing.T) {
 	use := func(p agentotp.Principal, id agentotp.PermissionID, tok string) (agentotp.UseResult, error) {
 		return f.svc.Use(f.ctx, p, id, tok, nil)
 	}
-	// Another permission of the same agent (A3).
+	// Another permission of the same agent.
 	res, err := use(a, permA2.ID, tokA)
 	require.NoError(t, err)
 	require.False(t, res.Success)
 	require.Equal(t, agentotp.ReasonTokenMismatch, res.Reason)
-	// Another agent presenting a stolen token (A5): B cannot even see A's permission.
+	// Another agent presenting a stolen token: B cannot even see A's permission.
 	_, err = use(b, permA.ID, tokA)
 	require.ErrorIs(t, err, agentotp.ErrNotFound)
 	res, err = use(b, permB.ID, tokA)
 	require.NoError(t, err)
 	require.False(t, res.Success)
-	// The genuine use works once (A1).
+	// The genuine use works once.
 	res, err = use(a, permA.ID, tokA)
 	require.NoError(t, err)
 	require.True(t, res.Success)
@@ -148,7 +148,7 @@ func TestTokenBinding(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, res.Success)
 	require.Equal(t, agentotp.ReasonTokenUsed, res.Reason)
-	// Revoked (A10).
+	// Revoked.
 	_, err = f.svc.Revoke(f.ctx, a, permA2.ID, "changed my mind")
 	require.NoError(t, err)
 	res, err = use(a, permA2.ID, tokA2)
@@ -234,7 +234,7 @@ func TestHumanApprovalDeliversTokenOnce(t *testing.T) {
 	require.Equal(t, agentotp.StatusPending, perm.Status)
 	require.Empty(t, tok.Reveal())
 
-	// No agent can decide, not even the requester (B2).
+	// No agent can decide, not even the requester.
 	_, err = f.svc.Decide(f.ctx, a, perm.ID, agentotp.DecideInput{Approved: true})
 	require.ErrorIs(t, err, agentotp.ErrForbidden)
 
@@ -345,7 +345,7 @@ func TestQuorumCountsDistinctApprovers(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, agentotp.StatusPending, got.Status)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
-	require.ErrorIs(t, err, agentotp.ErrConflict, "the same approver counts once (B13)")
+	require.ErrorIs(t, err, agentotp.ErrConflict, "the same approver counts once")
 	got, err = f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
 	require.NoError(t, err)
 	require.Equal(t, agentotp.StatusApproved, got.Status)
@@ -375,7 +375,7 @@ func TestPendingExpiresAndLateApprovalFails(t *testing.T) {
 	require.NoError(t, err)
 	f.clock.Add(time.Minute)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true})
-	require.ErrorIs(t, err, agentotp.ErrConflict, "approval after the window is refused (B11)")
+	require.ErrorIs(t, err, agentotp.ErrConflict, "approval after the window is refused")
 	n, err := f.svc.ExpireDue(f.ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1, n)
@@ -441,7 +441,7 @@ func TestAuditFailureFailsTheChange(t *testing.T) {
 	_, _, err := broken.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
 	require.Error(t, err)
 	_, err = broken.Use(f.ctx, a, perm.ID, tok, nil)
-	require.Error(t, err, "a use whose audit cannot be written does not happen (E3)")
+	require.Error(t, err, "a use whose audit cannot be written does not happen")
 	got, err := f.store.Permission(f.ctx, perm.ID)
 	require.NoError(t, err)
 	require.Equal(t, 1, got.UsesRemaining)
@@ -531,7 +531,7 @@ func TestSystemDecidesAndSessionCollectsToken(t *testing.T) {
 }
 
 // TestApproverRightsCheckedAtDecision: a user disabled or downgraded while a
-// request waits can no longer decide it (threat B14); keys are resolved on
+// request waits can no longer decide it; keys are resolved on
 // every call, so nothing stale is cached.
 func TestApproverRightsCheckedAtDecision(t *testing.T) {
 	f := newFixture(t)
@@ -561,7 +561,7 @@ func TestApproverRightsCheckedAtDecision(t *testing.T) {
 }
 
 // TestDenyRuleStopsIssuedTokens: a policy that starts denying after a token
-// was issued refuses its use, spends nothing, and audits why (threat A11).
+// was issued refuses its use, spends nothing, and audits why.
 func TestDenyRuleStopsIssuedTokens(t *testing.T) {
 	f := newFixture(t)
 	a := f.agent("a")
@@ -624,14 +624,15 @@ func TestUseWhenWithoutCheckerRefuses(t *testing.T) {
 func TestObjectSizeBound(t *testing.T) {
 	big := map[string]any{"blob": strings.Repeat("x", 65<<10)}
 	req := agentotp.PermissionRequest{Action: "x", Scope: big}
-	require.ErrorIs(t, req.Validate(), agentotp.ErrValidation)
+	require.Equal(t, agentotp.CodeTooLarge, agentotp.ErrorCode(req.ValidateWithin(agentotp.MaxObjectBytes)))
 	ok := agentotp.PermissionRequest{Action: "x", Scope: map[string]any{"blob": strings.Repeat("x", 60<<10)}}
-	require.NoError(t, ok.Validate())
+	require.NoError(t, ok.ValidateWithin(agentotp.MaxObjectBytes))
+	require.Equal(t, agentotp.CodeTooLarge, agentotp.ErrorCode(ok.Validate()), "the default cap is 8 KiB")
 }
 
 // TestRefusedDecisionsAreAudited: an agent approving its own request and a
 // user outside the rule's approver list are refused, and both attempts are
-// in the audit (threats B1, B2).
+// in the audit.
 func TestRefusedDecisionsAreAudited(t *testing.T) {
 	f := newFixture(t, func(o *agentotp.Options) {
 		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {

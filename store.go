@@ -95,6 +95,27 @@ type Tx interface {
 
 	// AppendAudit assigns e.Seq, e.PrevHash and e.Hash and stores e.
 	AppendAudit(ctx context.Context, e *AuditEvent) error
+
+	// StorageUsage returns what the agent's stored permissions take: what
+	// the storage quota (Options.MaxStoredBytesPerAgent) measures. It is
+	// called on every request, so it must not scan the agent's rows.
+	StorageUsage(ctx context.Context, agent AgentID) (StorageUsage, error)
+	// PrunePermissions deletes up to limit permissions in a final state
+	// (denied, expired, used, revoked) whose last change (UpdatedAt) is
+	// before before, together with their approvals, and returns how many
+	// it deleted. Audit events are never deleted.
+	PrunePermissions(ctx context.Context, before time.Time, limit int) (int, error)
+}
+
+// StorageUsage is what one agent's stored permissions take.
+type StorageUsage struct {
+	// Permissions counts them, in any status.
+	Permissions int
+	// Bytes is their size as stored: the bytes of their texts and JSON
+	// objects (action, resource, scope, context, granted scope, tool
+	// annotations, reasons, …) plus a fixed allowance per permission for
+	// the rest of its row (512 in the SQLite store).
+	Bytes int64
 }
 
 // PermissionFilter selects permissions for listing.

@@ -365,7 +365,7 @@ func TestIdempotentReplayComparesTool(t *testing.T) {
 
 // TestPolicyUpdateStopsToolTokens: with the real policy engine, a deny rule
 // on tool.name or on args written after the approval stops the token at
-// use (threat A11 for gateway calls).
+// use (gateway calls).
 func TestPolicyUpdateStopsToolTokens(t *testing.T) {
 	dir := t.TempDir()
 	file := filepath.Join(dir, "policy.yaml")

@@ -184,7 +184,7 @@ func checkUse(perm *Permission, details map[string]any) string {
 }
 
 // recheck asks the policy again at use: a rule that now denies the request
-// stops tokens issued before it (threat A11), so an operator's emergency deny
+// stops tokens issued before it, so an operator's emergency deny
 // takes effect at once. Only a deny refuses; an evaluation error refuses too
 // (fail closed). The decision's policy version is on the permission. A tool
 // call's permission shows the policy the same tool again, with the
@@ -241,6 +241,7 @@ func (s *Service) Revoke(ctx context.Context, p Principal, id PermissionID, reas
 		if from == StatusPending {
 			cur.DecidedAt = now
 			cur.DecidedBy = "revoked"
+			cur.DecisionReason = reason
 		}
 		if err := tx.UpdatePermission(ctx, cur, from); err != nil {
 			return err

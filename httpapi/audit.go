@@ -131,15 +131,34 @@ func (s *Server) auditStats(w http.ResponseWriter, r *http.Request, p agentotp.P
 	writeData(w, http.StatusOK, map[string]any{"period": "30d", "total": st.Total, "byEventType": by})
 }
 
+// auditVerify checks the keyed chain, the recorded head, an optional
+// checkpoint (?checkpoint=LINE) and every permission against its events.
 func (s *Server) auditVerify(w http.ResponseWriter, r *http.Request, p agentotp.Principal) {
-	rep, err := s.svc.VerifyAudit(r.Context(), p)
+	rep, err := s.svc.VerifyAuditWith(r.Context(), p, agentotp.AuditVerifyOptions{Checkpoint: r.URL.Query().Get("checkpoint")})
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
-	v := map[string]any{"ok": rep.OK, "checked": rep.Checked, "lastSeq": rep.LastSeq, "lastHash": rep.LastHash}
+	v := map[string]any{
+		"ok": rep.OK, "checked": rep.Checked, "lastSeq": rep.LastSeq, "lastHash": rep.LastHash,
+		"keyed": rep.KeyID != "", "keyedFrom": rep.KeyedFrom, "unkeyed": rep.Unkeyed,
+		"permissionsChecked": rep.Permissions,
+	}
+	if rep.KeyID != "" {
+		v["keyId"] = rep.KeyID
+	}
+	if rep.Head != nil {
+		v["checkpoint"] = rep.Head.String()
+	}
 	if !rep.OK {
-		v["badSeq"], v["reason"] = rep.BadSeq, rep.Reason
+		mismatches := make([]map[string]any, 0, len(rep.Mismatches))
+		for _, m := range rep.Mismatches {
+			mismatches = append(mismatches, map[string]any{"permissionId": m.PermissionID, "problems": m.Problems})
+		}
+		v["reason"], v["mismatches"], v["mismatchCount"] = rep.Reason, mismatches, rep.MismatchCount
+		if rep.BadSeq > 0 {
+			v["badSeq"] = rep.BadSeq
+		}
 	}
 	writeData(w, http.StatusOK, v)
 }

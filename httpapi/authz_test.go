@@ -11,7 +11,7 @@ import (
 )
 
 // TestCrossAgentAccess: agent A can do nothing to agent B's permission, and
-// learns nothing either: every route answers 404 as for a missing id (D4).
+// learns nothing either: every route answers 404 as for a missing id.
 func TestCrossAgentAccess(t *testing.T) {
 	e := newTestServer(t)
 	a := e.createAgent("alice-bot")
@@ -59,7 +59,7 @@ func TestCrossAgentAccess(t *testing.T) {
 	require.Equal(t, []string{"request"}, eventTypes(e.auditOf(pendB.ID)))
 }
 
-// TestRoleMatrix: which key may call which route (B2: an agent never
+// TestRoleMatrix: which key may call which route (an agent never
 // decides; approvers decide but do not administer).
 func TestRoleMatrix(t *testing.T) {
 	e := newTestServer(t)
@@ -124,7 +124,7 @@ func TestRoleMatrix(t *testing.T) {
 	})
 
 	// Nothing above changed the permission; the agent's attempt to decide
-	// its own request is on record (B2).
+	// its own request is on record.
 	var p permView
 	e.do("GET", "/api/v1/permissions/"+pend.ID, agent.Key, nil).data(t, http.StatusOK, &p)
 	require.Equal(t, "pending", p.Status)

@@ -12,7 +12,7 @@ import (
 )
 
 // TestConcurrentUse: 200 goroutines spend one single-use token through
-// HTTP; exactly one succeeds (A2).
+// HTTP; exactly one succeeds.
 func TestConcurrentUse(t *testing.T) {
 	e := newTestServer(t)
 	agent := e.createAgent("racer")
@@ -101,7 +101,7 @@ func TestConcurrentMultiUse(t *testing.T) {
 }
 
 // TestConcurrentDecide: two deciders released at the same instant; one
-// wins, the other gets 409, and both attempts are in the audit (B12).
+// wins, the other gets 409, and both attempts are in the audit.
 func TestConcurrentDecide(t *testing.T) {
 	e := newTestServer(t)
 	agent := e.createAgent("decided")

@@ -21,10 +21,14 @@ func TestWithdrawPending(t *testing.T) {
 	p := e.pending(agent.Key, "deploy.prod")
 	var rv permView
 	e.do("POST", "/api/v1/permissions/"+p.ID+"/revoke", agent.Key, map[string]any{"reason": "not needed"}).data(t, http.StatusOK, &rv)
-	require.Equal(t, "revoked", rv.Status)
+	// To its agent, a request withdrawn before a decision reads as the
+	// refusal it is (v0.1.1 clients know no "revoked"); staff see revoked.
+	require.Equal(t, "denied", rv.Status)
 	e.decide(e.adminKey, p.ID, true, "").fail(t, http.StatusConflict, "CONFLICT")
 	var got permView
 	e.do("GET", "/api/v1/permissions/"+p.ID, agent.Key, nil).data(t, http.StatusOK, &got)
+	require.Equal(t, "denied", got.Status)
+	e.do("GET", "/api/v1/permissions/"+p.ID, e.adminKey, nil).data(t, http.StatusOK, &got)
 	require.Equal(t, "revoked", got.Status)
 	require.Empty(t, got.Token)
 	require.Equal(t, []string{"request", "revoke", "decide_rejected"}, eventTypes(e.auditOf(p.ID)))
@@ -34,7 +38,7 @@ func TestWithdrawPending(t *testing.T) {
 }
 
 // TestApproverRules: a rule's approver list is enforced, and a quorum
-// counts distinct people (B13).
+// counts distinct people.
 func TestApproverRules(t *testing.T) {
 	eval := agentotp.EvaluatorFunc(func(_ context.Context, in agentotp.EvalInput) (agentotp.Decision, error) {
 		d := agentotp.Decision{Effect: agentotp.EffectRequireApproval, Rule: "r"}

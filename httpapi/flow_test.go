@@ -143,14 +143,14 @@ func TestPolicyEffects(t *testing.T) {
 	})
 }
 
-// TestTokenBinding: a token works only for its permission (A3), its agent
-// (A5), before expiry (A6), until revoked (A10), for its uses (A1).
+// TestTokenBinding: a token works only for its permission, its agent,
+// before expiry, until revoked, for its uses.
 func TestTokenBinding(t *testing.T) {
 	e := newTestServer(t)
 	a := e.createAgent("agent-a")
 	b := e.createAgent("agent-b")
 
-	t.Run("another permission of the same agent (A3)", func(t *testing.T) {
+	t.Run("another permission of the same agent", func(t *testing.T) {
 		p1 := e.grant(a.Key, nil)
 		p2 := e.grant(a.Key, nil)
 		v := e.verify(a.Key, p2.ID, p1.Token)
@@ -164,7 +164,7 @@ func TestTokenBinding(t *testing.T) {
 		require.True(t, e.use(a.Key, p2.ID, p2.Token, nil).Success)
 	})
 
-	t.Run("another agent (A5)", func(t *testing.T) {
+	t.Run("another agent", func(t *testing.T) {
 		p := e.grant(a.Key, nil)
 		e.do("POST", "/api/v1/permissions/"+p.ID+"/use", b.Key, map[string]any{"token": p.Token}).
 			fail(t, http.StatusNotFound, "NOT_FOUND")
@@ -179,7 +179,7 @@ func TestTokenBinding(t *testing.T) {
 		require.Equal(t, 1, *v.UsesRemaining)
 	})
 
-	t.Run("expiry boundary (A6)", func(t *testing.T) {
+	t.Run("expiry boundary", func(t *testing.T) {
 		p := e.grant(a.Key, map[string]any{"ttl": 30, "uses": 2})
 		exp := p.expiresAt(t)
 		require.Equal(t, e.clock.Now().Add(30*time.Second), exp)
@@ -226,7 +226,7 @@ func TestTokenBinding(t *testing.T) {
 		require.Empty(t, got.Token)
 	})
 
-	t.Run("revoked (A10)", func(t *testing.T) {
+	t.Run("revoked", func(t *testing.T) {
 		p := e.grant(a.Key, map[string]any{"uses": 3})
 		require.True(t, e.use(a.Key, p.ID, p.Token, nil).Success)
 		var rv permView
@@ -248,7 +248,7 @@ func TestTokenBinding(t *testing.T) {
 		require.False(t, e.use(a.Key, p2.ID, p2.Token, nil).Success)
 	})
 
-	t.Run("after the last use (A1); five uses give exactly five", func(t *testing.T) {
+	t.Run("after the last use; five uses give exactly five", func(t *testing.T) {
 		p := e.grant(a.Key, map[string]any{"uses": 5})
 		for i := 4; i >= 0; i-- {
 			u := e.use(a.Key, p.ID, p.Token, nil)
@@ -291,7 +291,7 @@ func TestTokenBinding(t *testing.T) {
 	})
 }
 
-// TestIdempotency: a retried request returns the same permission (D5).
+// TestIdempotency: a retried request returns the same permission.
 func TestIdempotency(t *testing.T) {
 	e := newTestServer(t)
 	a := e.createAgent("retrier")

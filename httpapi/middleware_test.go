@@ -19,8 +19,7 @@ import (
 )
 
 // TestRateLimit: beyond the per-principal budget, 429 RATE_LIMITED with a
-// Retry-After of at least one second; failed keys are limited per address
-// (A8).
+// Retry-After of at least one second; failed keys are limited per address.
 func TestRateLimit(t *testing.T) {
 	e := newTestServer(t, withRateLimit(2)) // 2/s, burst 4
 	agent := e.createAgent("busy")          // admin: 1 request
@@ -119,7 +118,7 @@ func TestRateLimit(t *testing.T) {
 	})
 }
 
-// TestPendingCap: one agent cannot flood the approval queue (B18).
+// TestPendingCap: one agent cannot flood the approval queue.
 func TestPendingCap(t *testing.T) {
 	e := newTestServer(t, withMaxPending(3))
 	agent := e.createAgent("flooder")
@@ -229,7 +228,7 @@ func TestSecurityHeaders(t *testing.T) {
 }
 
 // TestStoreDown: with the store gone, /ready is 503, requests fail with an
-// error and grant nothing, and /health still answers (threat E5).
+// error and grant nothing, and /health still answers.
 func TestStoreDown(t *testing.T) {
 	e := newTestServer(t)
 	agent := e.createAgent("orphan")

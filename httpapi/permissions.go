@@ -13,7 +13,7 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// MaxWait bounds long-polls (PRODUCT §3).
+// MaxWait bounds long-polls.
 const MaxWait = 60 * time.Second
 
 // sseHeartbeat spaces keep-alive comments on idle event streams.

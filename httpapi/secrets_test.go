@@ -19,7 +19,7 @@ import (
 
 // TestSecretsNeverLeak runs a full flow with a debug logger, then searches
 // the log, the audit export and the raw SQLite files for every token and
-// API key handed out: none may appear, only their hashes (A9, PRODUCT §1).
+// API key handed out: none may appear, only their hashes.
 func TestSecretsNeverLeak(t *testing.T) {
 	logs := &syncBuffer{}
 	logger := slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))

@@ -1,6 +1,6 @@
 // Package httpapi serves the agentotp HTTP API, wire-compatible with Agent
 // OTP v0.1.1: the {success,data} envelope, camelCase fields, and the same
-// routes and status codes, with the v0.1.1 defects fixed (PRODUCT §3).
+// routes and status codes, with the v0.1.1 defects fixed.
 package httpapi
 
 import (
@@ -212,7 +212,7 @@ func (s *Server) auth(need role, h handlerFunc) http.Handler {
 		if err != nil {
 			switch agentotp.ErrorCode(err) {
 			case agentotp.CodeUnauthorized:
-				// Failed keys are limited per client address (threat A8).
+				// Failed keys are limited per client address.
 				if !s.allow(w, limitKey(r)) {
 					return
 				}

@@ -16,7 +16,7 @@ import (
 )
 
 // TestLongPoll: a GET with ?wait returns as soon as a human decides, with
-// the token, not when the wait runs out (B21).
+// the token, not when the wait runs out.
 func TestLongPoll(t *testing.T) {
 	e := newTestServer(t)
 	agent := e.createAgent("waiter")

@@ -135,6 +135,18 @@ func (s *Server) permissionView(p *agentotp.Permission, token agentotp.Secret, s
 		// The callback URL is the agent's own; its path or query may
 		// carry the receiver's secrets, so approvers do not see it.
 		v.CallbackURL = p.CallbackURL
+		if p.Status == agentotp.StatusRevoked && p.DecidedBy == "revoked" {
+			// Withdrawn before anyone decided: v0.1.1 clients know no
+			// "revoked" and would wait for an approval that cannot come,
+			// so the agent reads it as the refusal it is; decidedBy
+			// "revoked" tells it apart (our client reports it as revoked).
+			v.Status = string(agentotp.StatusDenied)
+			v.Reason = "revoked before a decision"
+			if p.DecisionReason != "" {
+				v.Reason += ": " + p.DecisionReason
+			}
+			v.DecisionReason = v.Reason
+		}
 	}
 	if staff {
 		v.AgentID = string(p.AgentID)

@@ -132,7 +132,7 @@ func isNumber(v any) bool {
 }
 
 // condCEL compiles one condition path with its operators to CEL with the
-// exact v0.1.1 semantics (seed-api §5):
+// exact v0.1.1 semantics (as in Agent OTP v0.1.1):
 //
 //   - equals: strict (no coercion: "100" != 100; 100 == 100.0 as in JS);
 //     a missing value never equals. notEquals passes on a missing value.

@@ -50,7 +50,7 @@ type Options struct {
 	Counter Counter
 	// Default is the effect when no rule matches. Its zero value (deny)
 	// is read as "unset" and means require_approval; set DefaultDeny to
-	// deny instead. auto_approve is refused (threat B22).
+	// deny instead. auto_approve is refused.
 	Default     agentotp.Effect
 	DefaultDeny bool
 	// Location is the time zone of `local` (default UTC).
@@ -101,7 +101,7 @@ func New(ctx context.Context, opts Options) (*Engine, error) {
 		opts.Debounce = 200 * time.Millisecond
 	}
 	if opts.Default == agentotp.EffectAutoApprove {
-		// Threat B22: an unknown action is never auto-approved.
+		// An unknown action is never auto-approved.
 		return nil, errors.New("policy: the default effect must be require_approval or deny")
 	}
 	e := &Engine{opts: opts}

@@ -248,10 +248,9 @@ func parseFile(f File) ([]*ruleSpec, ErrorList) {
 		}
 		specs = append(specs, p.parseDocument(doc.Content[0])...)
 	}
-	if len(p.errs) > 0 {
-		return nil, p.errs
-	}
-	return specs, nil
+	// The rules that parsed are compiled too, so one run reports every
+	// problem, not only the first file's.
+	return specs, p.errs
 }
 
 func (p *fileParser) parseDocument(root *yaml.Node) []*ruleSpec {

@@ -12,7 +12,7 @@ import (
 )
 
 // The v0.1.1 condition operators on JSON values (scope, context, agent
-// metadata, tool annotations, args), exactly as seed-api §5 defines them:
+// metadata, tool annotations, args), exactly as Agent OTP v0.1.1 defines them:
 //
 //	equals           value defined and strictly equal (no coercion: "100" != 100;
 //	                 100 == 100.0 as in JS, where both are numbers)

@@ -39,7 +39,7 @@ func eval(t testing.TB, s *Set, in agentotp.EvalInput) (agentotp.Decision, error
 }
 
 // TestTestdata runs every YAML suite under testdata, including each policy
-// example of seed-api Appendix A and the original README's four policies.
+// example of the v0.1.1 API reference (Appendix A) and the original README's four policies.
 func TestTestdata(t *testing.T) {
 	var out bytes.Buffer
 	rep := RunTests(context.Background(), "testdata", &out)

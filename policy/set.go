@@ -130,11 +130,10 @@ func Compile(st Settings, files []File, policies []*agentotp.Policy) (*Set, erro
 		}
 		sp, perrs := specFromPolicy(p)
 		errs = append(errs, perrs...)
-		specs = append(specs, sp)
+		if len(perrs) == 0 {
+			specs = append(specs, sp)
+		}
 		fmt.Fprintf(h, "api %s %s\n", p.ID, p.UpdatedAt.UTC().Format(time.RFC3339Nano))
-	}
-	if len(errs) > 0 {
-		return nil, errs
 	}
 	set := &Set{settings: st, exact: map[string][]int32{}, prefix: map[string][]int32{}, useProgs: map[string]cel.Program{}}
 	names := map[string]*ruleSpec{}

@@ -11,7 +11,7 @@ import (
 )
 
 // Codes of the errors the client returns. The first group are the server's
-// wire codes (PRODUCT §3); the second are outcomes of the permission
+// wire codes; the second are outcomes of the permission
 // workflow that the client reports as errors.
 const (
 	CodeValidation   = "VALIDATION_ERROR"

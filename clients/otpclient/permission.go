@@ -209,6 +209,11 @@ func (w *permissionWire) permission() *Permission {
 	if p.Reason == "" {
 		p.Reason = w.DecisionReason
 	}
+	if p.Status == agentotp.StatusDenied && p.DecidedBy == "revoked" {
+		// The server shows a request withdrawn before any decision as a
+		// refusal to v0.1.1 clients; this client knows it was revoked.
+		p.Status = agentotp.StatusRevoked
+	}
 	if w.UsesRemaining != nil {
 		p.UsesRemaining = *w.UsesRemaining
 	}

@@ -19,6 +19,11 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	sub, args := args[0], args[1:]
 	c := newAdminCmd("agents "+sub, stderr)
 	desc := c.fs.String("description", "", "description (create)")
+	if isHelp(sub) {
+		c.fs.SetOutput(stdout)
+		c.fs.Usage()
+		return helpShown
+	}
 	pos, rest := positional(args)
 	a, code := c.open(ctx, rest, stderr)
 	if code != 0 {
@@ -154,6 +159,11 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c := newAdminCmd("users "+sub, stderr)
 	role := c.fs.String("role", "approver", "role: approver or admin (create)")
 	tg := c.fs.Int64("telegram-id", 0, "Telegram user id allowed to press Approve (create)")
+	if isHelp(sub) {
+		c.fs.SetOutput(stdout)
+		c.fs.Usage()
+		return helpShown
+	}
 	pos, rest := positional(args)
 	a, code := c.open(ctx, rest, stderr)
 	if code != 0 {
@@ -246,3 +256,5 @@ func isBoolFlag(s string) bool {
 	}
 	return false
 }
+
+func isHelp(arg string) bool { return arg == "-h" || arg == "--help" || arg == "help" }

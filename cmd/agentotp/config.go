@@ -39,6 +39,9 @@ type Config struct {
 	AuditKeyFile string `yaml:"auditKeyFile"`
 	// Retention is how long decided permissions are kept ("30d", "12h").
 	Retention string `yaml:"retention"`
+	// MaxObjectBytes caps the JSON size of a request's scope, context and
+	// tool annotations; 0 = 8192, at most 65536.
+	MaxObjectBytes float64 `yaml:"maxObjectBytes"`
 
 	AdminKey              agentotp.Secret `yaml:"-"`
 	TelegramToken         agentotp.Secret `yaml:"-"`
@@ -50,7 +53,7 @@ type Config struct {
 	AuditKey agentotp.Secret `yaml:"-"`
 }
 
-// DefaultConfig returns the defaults of PRODUCT §2.
+// DefaultConfig returns the defaults (README.md lists them).
 func DefaultConfig() Config {
 	return Config{
 		Addr: "127.0.0.1:8787", Data: "./data", TelegramAPIURL: "https://api.telegram.org",
@@ -81,6 +84,7 @@ func (c *Config) settings() []setting {
 		{flag: "url", env: "AGENTOTP_URL", usage: "server URL for remote admin commands", str: &c.URL},
 		{flag: "audit-key-file", env: "AGENTOTP_AUDIT_KEY_FILE", usage: "file holding the audit chain's MAC key (default: $AGENTOTP_AUDIT_KEY, else <data>/audit.key)", str: &c.AuditKeyFile},
 		{flag: "retention", env: "AGENTOTP_RETENTION", usage: "how long decided and expired permissions are kept before pruning (e.g. 30d, 12h)", str: &c.Retention},
+		{flag: "max-object-bytes", env: "AGENTOTP_MAX_OBJECT_BYTES", usage: "largest scope, context or tool annotations (bytes of JSON) a permission request may carry; 0 = 8192, at most 65536", num: &c.MaxObjectBytes},
 		{flag: "callback-allow", env: "AGENTOTP_CALLBACK_ALLOW", usage: "hosts (host or host:port, comma-separated) that decision callbacks may be sent to; empty = callbackUrl refused", str: &c.CallbackAllow},
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"reflect"
+	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -71,6 +72,11 @@ func clip(s string, n int) string {
 // own words marked as such.
 func runShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c := newAdminCmd("show", stderr)
+	if slices.ContainsFunc(args, isHelp) {
+		c.fs.SetOutput(stdout)
+		c.fs.Usage()
+		return helpShown
+	}
 	pos, rest := positional(args)
 	if len(pos) != 1 {
 		fmt.Fprintln(stderr, "usage: agentotp show ID [--data DIR | --url URL]")
@@ -139,6 +145,16 @@ func runDecide(ctx context.Context, approve bool, args []string, stdout, stderr 
 	scope := ""
 	if approve {
 		c.fs.StringVar(&scope, "scope", "", "JSON object narrowing the granted scope")
+	}
+	if slices.ContainsFunc(args, isHelp) {
+		c.fs.SetOutput(stdout)
+		c.fs.Usage()
+		return helpShown
+	}
+	if slices.ContainsFunc(args, isHelp) {
+		c.fs.SetOutput(stdout)
+		c.fs.Usage()
+		return helpShown
 	}
 	pos, rest := positional(args)
 	if len(pos) != 1 {

@@ -192,7 +192,7 @@ func TestServeSeedFlow(t *testing.T) {
 	_, v := call(t, "POST", url+"/api/v1/permissions/"+id+"/verify", agentKey, map[string]any{"token": token})
 	require.Equal(t, true, v["valid"])
 	_, u := call(t, "POST", url+"/api/v1/permissions/"+id+"/use", agentKey, map[string]any{"token": token,
-		"actionDetails": map[string]any{"recipient": "client@example.com", "subject": "Invoice #123"}})
+		"actionDetails": map[string]any{"recipient": "client@example.com", "subject": "Invoice #123", "emails": 1}})
 	require.Equal(t, true, u["success"])
 	_, u = call(t, "POST", url+"/api/v1/permissions/"+id+"/use", agentKey, map[string]any{"token": token})
 	require.Equal(t, false, u["success"])
@@ -388,7 +388,7 @@ func TestServePolicyReload(t *testing.T) {
 
 // TestRestartBetweenApprovalAndDelivery: the token is minted when the agent
 // collects it, so a restart after a human approves loses nothing and never
-// makes two tokens (threat E1).
+// makes two tokens.
 func TestRestartBetweenApprovalAndDelivery(t *testing.T) {
 	withEnv(t, nil)
 	dir := filepath.Join(t.TempDir(), "data")
@@ -452,7 +452,7 @@ func TestBench(t *testing.T) {
 }
 
 // TestServeBudget: a budget counted by the real store stops auto-approval
-// after three gmail.send in the window, against request splitting (B19).
+// after three gmail.send in the window, against request splitting.
 func TestServeBudget(t *testing.T) {
 	withEnv(t, nil)
 	dir := t.TempDir()

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"os"
+	"strings"
 
 	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/clients/otpclient"
@@ -21,7 +23,32 @@ type adminCmd struct {
 func newAdminCmd(name string, stderr io.Writer) *adminCmd {
 	fs := flag.NewFlagSet("agentotp "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	return &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format")}
+	c := &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format")}
+	fs.Usage = func() {
+		synopsis := name
+		if s, ok := synopses[strings.Fields(name)[0]]; ok {
+			synopsis = s
+		}
+		fmt.Fprintf(fs.Output(), "usage: agentotp %s\n\nWorks on the data directory (--data, --db) or, with --url and AGENTOTP_ADMIN_KEY, on a running server.\n\nflags:\n", synopsis)
+		fs.PrintDefaults()
+	}
+	return c
+}
+
+// helpShown is the code of a command that printed its --help: Main turns
+// it into exit status 0.
+const helpShown = -1
+
+// synopses are the admin commands' usage lines.
+var synopses = map[string]string{
+	"agents":  "agents create NAME [--description D] | list | rotate ID | disable ID | enable ID | delete ID",
+	"users":   "users create NAME --role approver|admin [--telegram-id N] | list | rotate ID | delete ID",
+	"pending": "pending",
+	"show":    "show ID",
+	"approve": "approve ID [--reason R] [--scope JSON]",
+	"deny":    "deny ID [--reason R]",
+	"audit":   "audit list [--follow] [--limit N] | verify | checkpoint | export [--format jsonl]",
+	"prune":   "prune [--older-than 30d]",
 }
 
 // open parses args and returns the admin backend: the server at --url
@@ -29,6 +56,9 @@ func newAdminCmd(name string, stderr io.Writer) *adminCmd {
 // the key from AGENTOTP_ADMIN_KEY or <data>/admin.key.
 func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (admin, int) {
 	if err := c.fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, helpShown
+		}
 		return nil, 2
 	}
 	cfg, err := c.load(env)
@@ -42,6 +72,11 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (a
 			return nil, 2
 		}
 		return &remoteAdmin{c: otpclient.NewAdmin(cfg.URL, cfg.AdminKey.Reveal(), otpclient.WithUserAgent("agentotp-cli/"+version))}, 0
+	}
+	if missingDefaultData(c.fs, cfg) {
+		fmt.Fprintf(stderr, "agentotp: there is no %s here, so nothing to administer: run this where `agentotp serve` keeps its data, "+
+			"or say where it is with --data DIR (or --db FILE), or use a running server with --url URL and AGENTOTP_ADMIN_KEY\n", cfg.Data)
+		return nil, 2
 	}
 	a, err := openApp(ctx, cfg, newLogger(Config{LogLevel: "warn", LogFormat: cfg.LogFormat}, stderr), "")
 	if err != nil {
@@ -88,4 +123,18 @@ func safeMessage(err error) string {
 		return e.Message
 	}
 	return err.Error()
+}
+
+// missingDefaultData reports a local command about to run on the default
+// ./data that does not exist: run from the wrong directory, it would
+// silently create an empty store and a new admin key, and answer as if
+// nothing were there. A data directory named explicitly may be new.
+func missingDefaultData(fs *flag.FlagSet, cfg Config) bool {
+	explicit := cfg.DB != "" || cfg.Data != DefaultConfig().Data || env("AGENTOTP_DATA") != ""
+	fs.Visit(func(f *flag.Flag) { explicit = explicit || f.Name == "data" || f.Name == "db" })
+	if explicit {
+		return false
+	}
+	_, err := os.Stat(cfg.Data)
+	return errors.Is(err, os.ErrNotExist)
 }

@@ -24,12 +24,22 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		usage(stderr)
 		return 2
 	}
+	code := dispatch(ctx, args, stdin, stdout, stderr)
+	if code == helpShown {
+		return 0
+	}
+	return code
+}
+
+func dispatch(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) int {
 	cmd, rest := args[0], args[1:]
 	switch cmd {
 	case "serve":
 		return runServe(ctx, rest, stdout, stderr)
 	case "mcp":
 		return runMCP(ctx, rest, stdin, stdout, stderr)
+	case "gateway":
+		return runGateway(ctx, rest, stdin, stdout, stderr)
 	case "agents":
 		return runAgents(ctx, rest, stdout, stderr)
 	case "users":
@@ -44,6 +54,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		return runDecide(ctx, false, rest, stdout, stderr)
 	case "audit":
 		return runAudit(ctx, rest, stdout, stderr)
+	case "prune":
+		return runPrune(ctx, rest, stdout, stderr)
 	case "policy":
 		return runPolicy(ctx, rest, stdout, stderr)
 	case "bench":
@@ -65,11 +77,13 @@ func usage(w io.Writer) {
 commands:
   serve                     run the HTTP API and the MCP endpoints (/mcp, /mcp/sse)
   mcp                       MCP server for one agent over stdio (or --transport http|sse)
+  gateway --config FILE     MCP gateway gating every tool call of the MCP servers in FILE
   agents create|list|rotate|disable
   users create|list
   pending | show ID | approve ID | deny ID
   policy check FILE... | policy test DIR
   audit list|verify|export
+  prune [--older-than 30d]  delete decided and expired permissions past retention (audit events stay)
   bench                     load-test a running server
   version
 `)

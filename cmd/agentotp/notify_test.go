@@ -147,3 +147,41 @@ func TestServeDecisionCallbacks(t *testing.T) {
 	}
 	require.Zero(t, strays.Load())
 }
+
+// Local commands run where there is no data do not invent a store: they
+// say how to point at one.
+func TestLocalCommandsRefuseAMissingDataDir(t *testing.T) {
+	withEnv(t, nil)
+	t.Chdir(t.TempDir())
+	for _, args := range [][]string{{"pending"}, {"agents", "list"}, {"audit", "verify"}} {
+		code, out, errs := run(t, args...)
+		require.Equal(t, 2, code, "%v: %s", args, out)
+		require.Contains(t, errs, "--data DIR")
+		require.NoDirExists(t, "data", "nothing was created")
+	}
+	code, _, errs := run(t, "agents", "create", "first", "--data", "data")
+	require.Equal(t, 0, code, errs, "an explicit --data may be new")
+}
+
+// Every admin subcommand answers --help with its real flags, exit 0.
+func TestSubcommandHelp(t *testing.T) {
+	withEnv(t, nil)
+	for _, tc := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"agents", "--help"}, []string{"agents create NAME", "-description", "-data", "-url"}},
+		{[]string{"users", "-h"}, []string{"users create NAME --role", "-role", "-telegram-id"}},
+		{[]string{"approve", "-h"}, []string{"approve ID", "-reason", "-scope", "-data"}},
+		{[]string{"deny", "--help"}, []string{"deny ID", "-reason"}},
+		{[]string{"show", "-h"}, []string{"show ID", "-url"}},
+		{[]string{"pending", "-h"}, []string{"pending", "-data"}},
+		{[]string{"mcp", "-h"}, []string{"--transport", "-api-key"}},
+	} {
+		code, out, errs := run(t, tc.args...)
+		require.Equal(t, 0, code, "%v: %s", tc.args, errs)
+		for _, w := range tc.want {
+			require.Contains(t, out+errs, w, "%v", tc.args)
+		}
+	}
+}

@@ -64,3 +64,29 @@ func TestPolicyCheckCommand(t *testing.T) {
 	code, _, _ = runPolicyCmd("frobnicate")
 	require.Equal(t, 2, code)
 }
+
+// policy check reports every problem of every file and rule in one run,
+// not only the first.
+func TestPolicyCheckReportsEveryProblem(t *testing.T) {
+	dir := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "a.yaml"), []byte(`
+- name: typo
+  conditon: {action: {equals: x}}
+  action: deny
+- name: bad cel
+  when: request.action + 1
+  action: deny
+`), 0o600))
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "b.yaml"), []byte(`
+- name: bad operator
+  conditions: {action: {looksLike: x}}
+  action: deny
+- name: fine
+  action: deny
+`), 0o600))
+	code, _, errs := run(t, "policy", "check", dir)
+	require.Equal(t, 1, code)
+	for _, want := range []string{`a.yaml:3`, `unknown field "conditon"`, `bad cel`, `b.yaml`, `looksLike`, "3 problem(s)"} {
+		require.Contains(t, errs, want)
+	}
+}

@@ -63,7 +63,11 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
 	}
-	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{})
+	key, err := auditKey(cfg)
+	if err != nil {
+		return nil, err
+	}
+	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key})
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", cfg.DBPath(), err)
 	}
@@ -77,7 +81,7 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 		st.Close()
 		return nil, err
 	}
-	opts := agentotp.Options{Evaluator: a.engine, Logger: logger, PublicURL: publicURL}
+	opts := agentotp.Options{Evaluator: a.engine, Logger: logger, PublicURL: publicURL, MaxRequestObjectBytes: int(cfg.MaxObjectBytes)}
 	for _, f := range setup {
 		if err := f(st, &opts); err != nil {
 			a.Close()
@@ -131,6 +135,10 @@ func adminKey(cfg Config) (key agentotp.Secret, fresh bool, err error) {
 }
 
 func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
+	retention, err := storageSettings(cfg)
+	if err != nil {
+		return err
+	}
 	logger := newLogger(cfg, stderr)
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
@@ -178,6 +186,11 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		// runs after them: nothing resolves once the queue is closed.
 		defer cbNotifier.Close()
 	}
+	stopHeadLog, err := startAuditHeadLog(ctx, a.svc, logger, auditHeadInterval)
+	if err != nil {
+		return err
+	}
+	defer stopHeadLog()
 
 	key, fresh, err := adminKey(cfg)
 	if err != nil {
@@ -215,12 +228,15 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()
 	go a.svc.RunSweeper(sweepCtx, time.Second)
+	go a.svc.RunPruner(sweepCtx, retention, time.Hour)
 
 	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.DBPath())
 	if fresh {
 		fmt.Fprintf(stdout, "admin key (shown once, saved to %s): %s\n", filepath.Join(cfg.Data, "admin.key"), key.Reveal())
 	}
-	fmt.Fprintf(stdout, "create an agent: agentotp agents create my-agent --data %s\n", cfg.Data)
+	if _, n, err := a.store.Agents(ctx, agentotp.Page{Page: 1, Limit: 1}); err == nil && n == 0 {
+		fmt.Fprintf(stdout, "create an agent: %s agents create my-agent %s\n", self(), dataFlag(cfg))
+	}
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -296,6 +312,9 @@ func buildEvaluator(ctx context.Context, cfg Config, st *sqlite.Store, logger *s
 	eng, err := policy.New(ctx, opts)
 	if err != nil {
 		return nil, fmt.Errorf("policies: %w", err)
+	}
+	if cfg.Policies != "" {
+		logger.Info("policies loaded", "path", cfg.Policies, "rules", eng.Set().Len(), "version", eng.Version())
 	}
 	return eng, nil
 }

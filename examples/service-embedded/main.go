@@ -68,7 +68,7 @@ func run(ctx context.Context) error {
 		return err
 	}
 	fmt.Printf("file.read: %s, granted scope %v\n", perm.Status, perm.GrantedScope)
-	if err := session.Spend(ctx, perm.ID, token, map[string]any{"size_limit": 2048}); err != nil {
+	if err := session.Spend(ctx, perm.ID, token, map[string]any{"size_limit": 2048, "size": 1024}); err != nil {
 		return err
 	}
 	fmt.Println("file.read: spent; read the file now")

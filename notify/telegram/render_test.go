@@ -86,15 +86,17 @@ func TestLongFieldsStayUnderLimit(t *testing.T) {
 	a, _, err := e.svc.CreateAgent(ctx, agentotp.SystemPrincipal, agentotp.AgentInput{Name: strings.Repeat("&", agentotp.MaxNameLen)})
 	require.NoError(t, err)
 	e.agent = agentotp.Principal{Agent: a}
+	// As large as a request may carry: 8 KiB of JSON each for the scope
+	// and the context ('<' and '&' take six bytes as stored).
 	scope := map[string]any{}
-	for i := range 100 {
-		scope[strings.Repeat("k", 20)+string(rune('a'+i%26))+strings.Repeat("<", i%7)] = strings.Repeat("😀&", 90)
+	for i := range 70 {
+		scope[strings.Repeat("k", 20)+string(rune('a'+i%26))+strings.Repeat("<", i%7)] = strings.Repeat("😀&", 7)
 	}
 	p := e.request(req{
 		action:   "quorum." + strings.Repeat("<", agentotp.MaxActionLen-len("quorum.")),
 		resource: strings.Repeat("é&", agentotp.MaxResourceLen/3),
 		scope:    scope,
-		reason:   strings.Repeat("🙂<>", 5000),
+		reason:   strings.Repeat("🙂<>", 500),
 	})
 	m := e.message(chat, p.ID)
 	require.LessOrEqual(t, telegramtest.Units(m.Text), 4096)

@@ -36,12 +36,18 @@ type Options struct {
 	// BusyTimeout bounds how long a statement waits for another process's
 	// lock before failing with SERVICE_UNAVAILABLE. Default 10s.
 	BusyTimeout time.Duration
+	// AuditKey keys the audit chain: every event appended gets a MAC and
+	// the recorded head is signed (see AppendAudit). Events from before the
+	// key existed keep verifying by hash. Without a key the chain is
+	// hash-only, and appending to a chain that is already keyed fails.
+	AuditKey *agentotp.AuditKey
 }
 
 // Store is an agentotp.Store in one SQLite file.
 type Store struct {
 	path        string
 	busyTimeout time.Duration
+	auditKey    *agentotp.AuditKey
 	writer      *sql.DB // one connection, BEGIN IMMEDIATE
 	reader      *sql.DB // pool, query_only
 
@@ -52,6 +58,8 @@ type Store struct {
 	lastAudit        *sql.Stmt
 	insertAudit      *sql.Stmt
 	txPermission     *sql.Stmt
+	storageUsage     *sql.Stmt
+	trail            *sql.Stmt
 
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
@@ -111,7 +119,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	writer.SetConnMaxLifetime(0)
 	writer.SetConnMaxIdleTime(0)
 
-	s := &Store{path: path, busyTimeout: busy, writer: writer}
+	s := &Store{path: path, busyTimeout: busy, writer: writer, auditKey: opts.AuditKey}
 	if err := s.migrate(ctx); err != nil {
 		writer.Close()
 		return nil, err
@@ -153,6 +161,8 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.writer, &s.lastAudit, lastAuditSQL},
 		{s.writer, &s.insertAudit, insertAuditSQL},
 		{s.writer, &s.txPermission, selectPermission + " WHERE id = ?"},
+		{s.writer, &s.storageUsage, storageUsageSQL},
+		{s.writer, &s.trail, trailSQL},
 		{s.reader, &s.readPermission, selectPermission + " WHERE id = ?"},
 		{s.reader, &s.agentByKeyHash, selectAgent + " WHERE key_hash = ? AND key_hash <> ''"},
 		{s.reader, &s.userByKeyHash, selectUser + " WHERE key_hash = ? AND key_hash <> ''"},
@@ -181,7 +191,7 @@ func (s *Store) Close() error {
 		<-s.loopDone
 	}
 	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
-		s.txPermission, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
+		s.txPermission, s.storageUsage, s.trail, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
 		if st != nil {
 			st.Close()
 		}
@@ -341,8 +351,8 @@ func (s *Store) runBatch(batch []*job) {
 		return
 	}
 	if head.moved {
-		if _, err := sqlTx.Exec(writeHeadSQL, head.seq, head.hash); err != nil {
-			s.abort(sqlTx, results, storeErr("write audit head", err))
+		if err := s.writeHead(sqlTx, head); err != nil {
+			s.abort(sqlTx, results, err)
 			return
 		}
 	}

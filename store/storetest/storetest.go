@@ -51,6 +51,9 @@ func Run(t *testing.T, open Opener) {
 		{"PermissionsList", testPermissionsList},
 		{"DuePermissions", testDuePermissions},
 		{"CountPermissions", testCountPermissions},
+		{"StorageUsage", testStorageUsage},
+		{"PrunePermissions", testPrunePermissions},
+		{"PruneInBatches", testPruneInBatches},
 		{"Ping", func(t *testing.T, s agentotp.Store) { require.NoError(t, s.Ping(context.Background())) }},
 	}
 	for _, tc := range tests {
@@ -69,6 +72,10 @@ func RunTwoStores(t *testing.T, open2 func(t *testing.T) (agentotp.Store, agento
 	t.Run("AuditChainConcurrent", func(t *testing.T) {
 		a, b := open2(t)
 		testConcurrentAudit(t, a, b)
+	})
+	t.Run("StorageUsageConcurrent", func(t *testing.T) {
+		a, b := open2(t)
+		testConcurrentQuota(t, a, b)
 	})
 	t.Run("SeesOtherWrites", func(t *testing.T) {
 		a, b := open2(t)
@@ -1439,4 +1446,429 @@ func testCallerLeavingMidUpdate(t *testing.T, s agentotp.Store) {
 	_, total, err := s.Agents(context.Background(), agentotp.Page{Page: 1, Limit: 1})
 	require.NoError(t, err)
 	require.Equal(t, 2*n, total)
+}
+
+// usage reads an agent's storage usage through a transaction.
+func usage(t *testing.T, s agentotp.Store, agent agentotp.AgentID) agentotp.StorageUsage {
+	t.Helper()
+	var u agentotp.StorageUsage
+	update(t, s, func(tx agentotp.Tx) error {
+		var err error
+		u, err = tx.StorageUsage(context.Background(), agent)
+		return err
+	})
+	return u
+}
+
+// prune runs PrunePermissions in its own transaction.
+func prune(t *testing.T, s agentotp.Store, before time.Time, limit int) int {
+	t.Helper()
+	var n int
+	update(t, s, func(tx agentotp.Tx) error {
+		var err error
+		n, err = tx.PrunePermissions(context.Background(), before, limit)
+		return err
+	})
+	return n
+}
+
+// final returns a permission of agent in status st, created at created and
+// last changed at changed.
+func final(agent agentotp.AgentID, st agentotp.Status, created, changed time.Duration) *agentotp.Permission {
+	p, _ := approved(agent, 1, at(created+time.Minute))
+	p.Status, p.CreatedAt, p.UpdatedAt = st, at(created), at(changed)
+	if st == agentotp.StatusPending {
+		p.TokenHash, p.TokenIssuedAt = "", time.Time{}
+	}
+	return p
+}
+
+func testStorageUsage(t *testing.T, s agentotp.Store) {
+	ctx := context.Background()
+	a, b := createAgent(t, s, "quota-a"), createAgent(t, s, "quota-b")
+	require.Zero(t, usage(t, s, a.ID))
+	require.Zero(t, usage(t, s, agentotp.NewAgentID()), "an unknown agent stores nothing")
+	for i := range 3 {
+		createPermission(t, s, final(a.ID, agentotp.StatusDenied, time.Duration(i)*time.Second, time.Duration(i)*time.Second))
+	}
+	createPermission(t, s, final(b.ID, agentotp.StatusUsed, 0, 0))
+	u := usage(t, s, a.ID)
+	require.Equal(t, 3, u.Permissions)
+	require.Positive(t, u.Bytes)
+	require.Equal(t, 1, usage(t, s, b.ID).Permissions)
+
+	// Bytes follow what a permission holds.
+	big := map[string]any{"blob": strings.Repeat("é", 5000)} // 10,000 bytes of UTF-8
+	p := final(a.ID, agentotp.StatusPending, time.Minute, time.Minute)
+	p.Scope, p.Context = big, big
+	createPermission(t, s, p)
+	grown := usage(t, s, a.ID)
+	require.Equal(t, 4, grown.Permissions, "every status counts")
+	require.GreaterOrEqual(t, grown.Bytes-u.Bytes, int64(20000), "scope and context count in bytes as stored")
+
+	// Inside one transaction the usage sees its own writes; a rolled back
+	// write is not counted.
+	boom := errors.New("boom")
+	err := s.Update(ctx, func(tx agentotp.Tx) error {
+		if err := tx.CreatePermission(ctx, final(a.ID, agentotp.StatusDenied, 0, 0)); err != nil {
+			return err
+		}
+		u, err := tx.StorageUsage(ctx, a.ID)
+		require.NoError(t, err)
+		require.Equal(t, 5, u.Permissions)
+		return boom
+	})
+	require.ErrorIs(t, err, boom)
+	require.Equal(t, grown, usage(t, s, a.ID))
+
+	// A decision that grants a larger scope takes more room; a status
+	// change alone takes none.
+	p.Status, p.GrantedScope, p.DecisionReason = agentotp.StatusApproved, big, "fine"
+	update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, p, agentotp.StatusPending) })
+	decided := usage(t, s, a.ID)
+	require.GreaterOrEqual(t, decided.Bytes-grown.Bytes, int64(10000))
+	p.Status = agentotp.StatusRevoked
+	update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, p, agentotp.StatusApproved) })
+	require.Equal(t, decided, usage(t, s, a.ID))
+
+	// Pruning gives the room back, exactly.
+	require.Equal(t, 4, prune(t, s, at(30*time.Second), 100), "a's three denied, b's used one")
+	require.Zero(t, usage(t, s, b.ID))
+	left := usage(t, s, a.ID)
+	require.Equal(t, 1, left.Permissions)
+	require.Less(t, left.Bytes, decided.Bytes)
+	require.Equal(t, 1, prune(t, s, at(time.Hour), 100), "a's revoked one")
+	require.Zero(t, usage(t, s, a.ID))
+
+	// A deleted agent's permissions stay, counted against nobody.
+	createPermission(t, s, final(a.ID, agentotp.StatusPending, 0, 0))
+	update(t, s, func(tx agentotp.Tx) error { return tx.DeleteAgent(ctx, a.ID) })
+	require.Zero(t, usage(t, s, a.ID))
+}
+
+func testPrunePermissions(t *testing.T, s agentotp.Store) {
+	ctx := context.Background()
+	agent := createAgent(t, s, "pruned")
+	user := createUser(t, s, "voter")
+	cutoff := at(24 * time.Hour)
+	type row struct {
+		p      *agentotp.Permission
+		pruned bool
+	}
+	var rows []row
+	add := func(st agentotp.Status, created, changed time.Duration, pruned bool) *agentotp.Permission {
+		p := final(agent.ID, st, created, changed)
+		createPermission(t, s, p)
+		rows = append(rows, row{p, pruned})
+		return p
+	}
+	denied := add(agentotp.StatusDenied, 0, time.Hour, true)
+	add(agentotp.StatusExpired, 0, time.Hour, true)
+	add(agentotp.StatusUsed, 0, time.Hour, true)
+	add(agentotp.StatusRevoked, 0, time.Hour, true)
+	add(agentotp.StatusPending, 0, 0, false)                     // never pruned, however old
+	add(agentotp.StatusApproved, 0, 0, false)                    // live grants too
+	add(agentotp.StatusDenied, 0, 25*time.Hour, false)           // old but changed after the cutoff
+	add(agentotp.StatusUsed, 24*time.Hour, 24*time.Hour, false)  // exactly at the cutoff: kept
+	add(agentotp.StatusUsed, 30*time.Hour, 30*time.Hour, false)  // recent
+	add(agentotp.StatusExpired, time.Hour, 24*time.Hour-1, true) // just before the cutoff
+	update(t, s, func(tx agentotp.Tx) error {
+		if err := tx.AddApproval(ctx, agentotp.Approval{PermissionID: denied.ID, UserID: user.ID, Reason: "no", CreatedAt: base}); err != nil {
+			return err
+		}
+		e := event(1, agentotp.EventDeny)
+		e.AgentID, e.PermissionID = agent.ID, denied.ID
+		return tx.AppendAudit(ctx, e)
+	})
+
+	require.Equal(t, 5, prune(t, s, cutoff, 100))
+	require.Zero(t, prune(t, s, cutoff, 100), "nothing is left to prune")
+	for _, r := range rows {
+		_, err := s.Permission(ctx, r.p.ID)
+		if r.pruned {
+			require.ErrorIs(t, err, agentotp.ErrNotFound, "%s changed at %v", r.p.Status, r.p.UpdatedAt)
+		} else {
+			require.NoError(t, err, "%s changed at %v", r.p.Status, r.p.UpdatedAt)
+		}
+	}
+	votes, err := s.Approvals(ctx, denied.ID)
+	require.NoError(t, err)
+	require.Empty(t, votes, "a pruned permission's votes go with it")
+	events, err := s.AuditEvents(ctx, agentotp.AuditFilter{PermissionID: denied.ID})
+	require.NoError(t, err)
+	require.Len(t, events, 1, "audit events stay")
+	require.Equal(t, int64(1), verifyChain(t, s))
+	_, total, err := s.Permissions(ctx, agentotp.PermissionFilter{AgentID: agent.ID})
+	require.NoError(t, err)
+	require.Equal(t, 5, total)
+	require.Zero(t, prune(t, s, cutoff, 0), "a zero limit deletes nothing")
+}
+
+func testPruneInBatches(t *testing.T, s agentotp.Store) {
+	agent := createAgent(t, s, "batches")
+	update(t, s, func(tx agentotp.Tx) error {
+		for i := range 7 {
+			if err := tx.CreatePermission(context.Background(), final(agent.ID, agentotp.StatusUsed, time.Duration(i), time.Duration(i))); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	var got []int
+	for n := -1; n != 0; {
+		n = prune(t, s, at(time.Hour), 3)
+		got = append(got, n)
+	}
+	require.Equal(t, []int{3, 3, 1, 0}, got)
+	require.Zero(t, usage(t, s, agent.ID))
+}
+
+// testConcurrentQuota checks a quota counted with StorageUsage inside
+// Update: 100 concurrent creators over two stores on one database, each
+// creating only while the agent has fewer than 20, leave exactly 20.
+func testConcurrentQuota(t *testing.T, a, b agentotp.Store) {
+	ctx := context.Background()
+	agent := createAgent(t, a, "hoarder")
+	const quota = 20
+	full := errors.New("quota reached")
+	var ok, refused atomic.Int64
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range 100 {
+		s := a
+		if i%2 == 1 {
+			s = b
+		}
+		wg.Go(func() {
+			<-start
+			err := s.Update(ctx, func(tx agentotp.Tx) error {
+				u, err := tx.StorageUsage(ctx, agent.ID)
+				if err != nil {
+					return err
+				}
+				if u.Permissions >= quota {
+					return full
+				}
+				return tx.CreatePermission(ctx, final(agent.ID, agentotp.StatusPending, 0, 0))
+			})
+			switch {
+			case err == nil:
+				ok.Add(1)
+			case errors.Is(err, full):
+				refused.Add(1)
+			default:
+				t.Errorf("create: %v", err)
+			}
+		})
+	}
+	close(start)
+	wg.Wait()
+	require.Equal(t, int64(quota), ok.Load())
+	require.Equal(t, int64(100-quota), refused.Load())
+	for _, s := range []agentotp.Store{a, b} {
+		_, total, err := s.Permissions(ctx, agentotp.PermissionFilter{AgentID: agent.ID})
+		require.NoError(t, err)
+		require.Equal(t, quota, total)
+		require.Equal(t, quota, usage(t, s, agent.ID).Permissions)
+	}
+}
+
+// KeyedOpener returns a fresh, empty store that keys its audit chain with
+// key, and arranges its Close.
+type KeyedOpener func(t *testing.T, key *agentotp.AuditKey) agentotp.Store
+
+// RunKeyedAudit checks a store that keys its audit chain: it must implement
+// agentotp.AuditSnapshotter, give every event a MAC and the recorded head
+// one, record the issued token on token_issue, and refuse to record a
+// token issue or a use that the permission's latest events contradict.
+func RunKeyedAudit(t *testing.T, open KeyedOpener) {
+	key, err := agentotp.NewAuditKey([]byte(strings.Repeat("contract audit key ", 2)))
+	require.NoError(t, err)
+	tests := []struct {
+		name string
+		fn   func(t *testing.T, s agentotp.Store, key *agentotp.AuditKey)
+	}{
+		{"EventsAndHeadCarryMACs", testKeyedChain},
+		{"TokenIssueRecordsToken", testTokenRef},
+		{"UseHeldToTrail", testUseHeldToTrail},
+		{"IssueHeldToTrail", testIssueHeldToTrail},
+		{"SnapshotIsConsistent", testAuditSnapshot},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t, key), key) })
+	}
+}
+
+func snapshotter(t *testing.T, s agentotp.Store) agentotp.AuditSnapshotter {
+	t.Helper()
+	ks, ok := s.(agentotp.AuditSnapshotter)
+	require.True(t, ok, "a keyed store implements agentotp.AuditSnapshotter")
+	return ks
+}
+
+func testKeyedChain(t *testing.T, s agentotp.Store, key *agentotp.AuditKey) {
+	ctx := context.Background()
+	require.Equal(t, key.ID(), snapshotter(t, s).AuditKey().ID())
+	events := []*agentotp.AuditEvent{event(1, agentotp.EventAgentCreate), event(2, agentotp.EventPolicyReload)}
+	appendEvents(t, s, events...)
+	for _, e := range events {
+		require.True(t, key.VerifyEvent(e), "AppendAudit sets the MAC")
+	}
+	v := agentotp.NewKeyedChainVerifier(key)
+	require.NoError(t, s.ScanAudit(ctx, v.Next))
+	require.Equal(t, int64(1), v.KeyedFrom)
+	var head agentotp.AuditHeadRecord
+	require.NoError(t, snapshotter(t, s).AuditSnapshot(ctx, func(snap agentotp.AuditSnapshot) error {
+		var err error
+		head, err = snap.Head(ctx)
+		return err
+	}))
+	require.Equal(t, events[1].Seq, head.Seq)
+	require.Equal(t, events[1].Hash, head.Hash)
+	require.True(t, key.VerifyHead(head.Seq, head.Hash, head.MAC))
+	require.Equal(t, key.ID(), head.KeyID)
+}
+
+// trailed creates an approved permission with the events a service records
+// for it: request, approve and token_issue.
+func trailed(t *testing.T, s agentotp.Store, uses int) (*agentotp.Permission, *agentotp.AuditEvent) {
+	t.Helper()
+	agent := createAgent(t, s, "trail-"+string(agentotp.NewAgentID()))
+	p, _ := approved(agent.ID, uses, at(time.Hour))
+	issue := permEvent(3, agentotp.EventTokenIssue, p, map[string]any{"uses": uses})
+	update(t, s, func(tx agentotp.Tx) error {
+		if err := tx.CreatePermission(context.Background(), p); err != nil {
+			return err
+		}
+		for _, e := range []*agentotp.AuditEvent{
+			permEvent(1, agentotp.EventRequest, p, map[string]any{"uses": uses}),
+			permEvent(2, agentotp.EventApprove, p, nil), issue,
+		} {
+			if err := tx.AppendAudit(context.Background(), e); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	return p, issue
+}
+
+func permEvent(i int, typ agentotp.EventType, p *agentotp.Permission, details map[string]any) *agentotp.AuditEvent {
+	e := event(i, typ)
+	e.AgentID, e.PermissionID = p.AgentID, p.ID
+	if details != nil {
+		e.Details = details
+	}
+	return e
+}
+
+// spendAndRecord spends one use and records it, as the service does.
+func spendAndRecord(s agentotp.Store, p *agentotp.Permission) error {
+	ctx := context.Background()
+	return s.Update(ctx, func(tx agentotp.Tx) error {
+		left, err := tx.SpendToken(ctx, p.ID, p.AgentID, p.TokenHash, base)
+		if err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, permEvent(4, agentotp.EventUse, p, map[string]any{"usesRemaining": left}))
+	})
+}
+
+func testTokenRef(t *testing.T, s agentotp.Store, key *agentotp.AuditKey) {
+	p, issue := trailed(t, s, 1)
+	require.NotEmpty(t, issue.TokenRef)
+	require.True(t, key.VerifyTokenRef(p.TokenHash, issue.TokenRef))
+	events, err := s.AuditEvents(context.Background(), agentotp.AuditFilter{PermissionID: p.ID, Type: agentotp.EventTokenIssue})
+	require.NoError(t, err)
+	require.Len(t, events, 1)
+	require.Equal(t, issue.TokenRef, events[0].TokenRef, "stored and read back")
+	require.Equal(t, issue.MAC, events[0].MAC)
+}
+
+func testUseHeldToTrail(t *testing.T, s agentotp.Store, _ *agentotp.AuditKey) {
+	ctx := context.Background()
+	p, _ := trailed(t, s, 2)
+	require.NoError(t, spendAndRecord(s, p))
+	require.NoError(t, spendAndRecord(s, p), "uses that follow the trail are recorded")
+
+	// A used-up permission written back to life, as a row edit would.
+	cur, err := s.Permission(ctx, p.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusUsed, cur.Status)
+	cur.Status, cur.UsesRemaining = agentotp.StatusApproved, 1
+	update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, cur, agentotp.StatusUsed) })
+	err = spendAndRecord(s, p)
+	require.ErrorIs(t, err, agentotp.ErrConflict)
+	require.ErrorContains(t, err, "its audit events say used")
+	got, err := s.Permission(ctx, p.ID)
+	require.NoError(t, err)
+	require.Equal(t, 1, got.UsesRemaining, "the spend was rolled back with the refused record")
+
+	// Another token in place of the issued one.
+	q, _ := trailed(t, s, 1)
+	cur, err = s.Permission(ctx, q.ID)
+	require.NoError(t, err)
+	cur.TokenHash = agentotp.HashSecret(string(agentotp.NewToken()))
+	update(t, s, func(tx agentotp.Tx) error { return tx.UpdatePermission(ctx, cur, agentotp.StatusApproved) })
+	err = spendAndRecord(s, cur)
+	require.ErrorContains(t, err, "its token is not the one its audit events issued")
+
+	// A permission no event records.
+	agent := createAgent(t, s, "untrailed")
+	r, _ := approved(agent.ID, 1, at(time.Hour))
+	createPermission(t, s, r)
+	require.ErrorContains(t, spendAndRecord(s, r), "its audit events issued no token")
+}
+
+func testIssueHeldToTrail(t *testing.T, s agentotp.Store, _ *agentotp.AuditKey) {
+	ctx := context.Background()
+	agent := createAgent(t, s, "issuer")
+	p, _ := approved(agent.ID, 1, at(time.Hour))
+	p.TokenHash, p.TokenIssuedAt = "", time.Time{}
+	update(t, s, func(tx agentotp.Tx) error {
+		if err := tx.CreatePermission(ctx, p); err != nil {
+			return err
+		}
+		// Requested and denied; the row says approved.
+		if err := tx.AppendAudit(ctx, permEvent(1, agentotp.EventRequest, p, map[string]any{"uses": 1})); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, permEvent(2, agentotp.EventDeny, p, nil))
+	})
+	err := s.Update(ctx, func(tx agentotp.Tx) error {
+		if err := tx.IssueToken(ctx, p.ID, agentotp.HashSecret(string(agentotp.NewToken())), base); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, permEvent(3, agentotp.EventTokenIssue, p, map[string]any{"uses": 1}))
+	})
+	require.ErrorIs(t, err, agentotp.ErrConflict)
+	require.ErrorContains(t, err, "its audit events say denied")
+}
+
+func testAuditSnapshot(t *testing.T, s agentotp.Store, _ *agentotp.AuditKey) {
+	ctx := context.Background()
+	p, issue := trailed(t, s, 1)
+	var (
+		head   agentotp.AuditHeadRecord
+		events []*agentotp.AuditEvent
+		perms  []*agentotp.Permission
+	)
+	err := snapshotter(t, s).AuditSnapshot(ctx, func(snap agentotp.AuditSnapshot) error {
+		var err error
+		if head, err = snap.Head(ctx); err != nil {
+			return err
+		}
+		// Committed meanwhile: not in this snapshot.
+		appendEvents(t, s, event(9, agentotp.EventPolicyReload))
+		if err := snap.ScanAudit(ctx, func(e *agentotp.AuditEvent) error { events = append(events, e); return nil }); err != nil {
+			return err
+		}
+		return snap.ScanPermissions(ctx, func(p *agentotp.Permission) error { perms = append(perms, p); return nil })
+	})
+	require.NoError(t, err)
+	require.Equal(t, issue.Seq, head.Seq)
+	require.Len(t, events, int(issue.Seq), "the snapshot ends at its head")
+	require.Equal(t, issue.TokenRef, events[len(events)-1].TokenRef)
+	require.Len(t, perms, 1)
+	require.Equal(t, p.ID, perms[0].ID)
 }
