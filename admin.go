@@ -3,7 +3,6 @@ package agentotp
 import (
 	"context"
 	"errors"
-	"fmt"
 	"strings"
 	"time"
 )
@@ -502,46 +501,9 @@ func (s *Service) ScanAudit(ctx context.Context, p Principal, fn func(*AuditEven
 	return s.store.ScanAudit(ctx, fn)
 }
 
-// VerifyAudit walks the whole chain and names the first bad event. The
-// recorded head is read first: the chain must reach it, so events deleted
-// from the end are caught too; events appended meanwhile are fine.
+// VerifyAudit runs every audit check (VerifyAuditWith without a
+// checkpoint): the keyed chain, the recorded head, and each permission's
+// stored state against its events.
 func (s *Service) VerifyAudit(ctx context.Context, p Principal) (AuditReport, error) {
-	if err := requireAdmin(p); err != nil {
-		return AuditReport{}, err
-	}
-	headSeq, headHash, err := s.store.AuditHead(ctx)
-	if err != nil {
-		return AuditReport{}, err
-	}
-	v := NewChainVerifier()
-	var last *AuditEvent
-	err = s.store.ScanAudit(ctx, func(e *AuditEvent) error {
-		if err := v.Next(e); err != nil {
-			return err
-		}
-		if e.Seq == headSeq && !EqualHash(e.Hash, headHash) {
-			return &ChainError{Seq: e.Seq, Reason: "does not match the recorded chain head"}
-		}
-		last = e
-		return nil
-	})
-	if err == nil {
-		lastSeq := int64(0)
-		if last != nil {
-			lastSeq = last.Seq
-		}
-		if lastSeq < headSeq {
-			err = &ChainError{Seq: lastSeq + 1, Reason: fmt.Sprintf("missing: the chain ends at seq %d but its recorded head is seq %d", lastSeq, headSeq)}
-		}
-	}
-	rep := AuditReport{OK: err == nil, Checked: v.Checked}
-	if last != nil {
-		rep.LastSeq, rep.LastHash = last.Seq, last.Hash
-	}
-	var ce *ChainError
-	if errors.As(err, &ce) {
-		rep.OK, rep.BadSeq, rep.Reason = false, ce.Seq, ce.Reason
-		return rep, nil
-	}
-	return rep, err
+	return s.VerifyAuditWith(ctx, p, AuditVerifyOptions{})
 }

@@ -495,7 +495,7 @@ func TestDisabledAgentAndWrongKeys(t *testing.T) {
 	require.NoError(t, err)
 	p, err := f.svc.Authenticate(f.ctx, key.Reveal())
 	require.NoError(t, err)
-	for _, bad := range []string{"", "ak_", agentotp.NewAgentKey().Reveal(), key.Reveal()[:34] + "A", "uk_" + key.Reveal()[3:]} {
+	for _, bad := range []string{"", "ak_", agentotp.NewAgentKey().Reveal(), flipLast(key.Reveal()), "uk_" + key.Reveal()[3:]} {
 		_, err := f.svc.Authenticate(f.ctx, bad)
 		require.ErrorIs(t, err, agentotp.ErrUnauthorized, bad)
 	}
@@ -670,4 +670,13 @@ func TestNamesShapedLikeIDsRefused(t *testing.T) {
 	name := "agt_lookalike"
 	_, err = f.svc.UpdateAgent(f.ctx, f.admin, victim.Agent.ID, agentotp.AgentPatch{Name: &name})
 	require.ErrorIs(t, err, agentotp.ErrValidation)
+}
+
+// flipLast returns k with its last character changed, never equal to k.
+func flipLast(k string) string {
+	last := byte('A')
+	if k[len(k)-1] == 'A' {
+		last = 'B'
+	}
+	return k[:len(k)-1] + string(last)
 }

@@ -23,7 +23,7 @@ type adminCmd struct {
 func newAdminCmd(name string, stderr io.Writer) *adminCmd {
 	fs := flag.NewFlagSet("agentotp "+name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	c := &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format")}
+	c := &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format", "audit-key-file")}
 	fs.Usage = func() {
 		synopsis := name
 		if s, ok := synopses[strings.Fields(name)[0]]; ok {

@@ -82,7 +82,7 @@ commands:
   users create|list
   pending | show ID | approve ID | deny ID
   policy check FILE... | policy test DIR
-  audit list|verify|export
+  audit list|verify|checkpoint|export
   prune [--older-than 30d]  delete decided and expired permissions past retention (audit events stay)
   bench                     load-test a running server
   version
