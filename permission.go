@@ -58,7 +58,7 @@ const (
 	// MaxToolNameLen bounds a tool call's server and tool names.
 	MaxToolNameLen = 255
 	// MaxObjectKeys bounds scope, context, details and metadata objects
-	// (threat D1: a 10 000-key scope is refused, not stored).
+	// (a 10 000-key scope is refused, not stored).
 	MaxObjectKeys = 256
 	// MaxObjectDepth bounds nesting in those objects.
 	MaxObjectDepth = 16
@@ -305,7 +305,7 @@ func groupDigits(n int) string {
 }
 
 // validText rejects invalid UTF-8, NUL and other C0/C1 control characters
-// except tab (threat D3: such bytes break logs, terminals and Telegram).
+// except tab (such bytes break logs, terminals and Telegram).
 func validText(s string) bool {
 	if !utf8.ValidString(s) {
 		return false

@@ -22,7 +22,7 @@ type Options struct {
 	// PublicURL is the base of approval links, e.g. http://127.0.0.1:8787.
 	PublicURL string
 	// MaxPendingPerAgent caps how many requests one agent may keep waiting
-	// for humans (approval flooding, threat B18). Default 100.
+	// for humans (approval flooding). Default 100.
 	MaxPendingPerAgent int
 	// WaitPoll is how often waiters re-read the store for changes made by
 	// other processes. Default 1 s.
@@ -443,7 +443,7 @@ func (s *Service) notifyResolved(perm *Permission) {
 
 // load returns a permission the principal may see: its own for an agent,
 // any for approvers and admins. Others get not-found, never forbidden, so
-// ids of other agents' permissions cannot be probed (threat D4).
+// ids of other agents' permissions cannot be probed.
 func (s *Service) load(ctx context.Context, p Principal, id PermissionID) (*Permission, error) {
 	if !id.Valid() {
 		return nil, errNotFoundPermission

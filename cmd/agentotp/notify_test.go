@@ -1,9 +1,12 @@
 package main
 
 import (
+	"context"
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"sync/atomic"
@@ -184,4 +187,35 @@ func TestSubcommandHelp(t *testing.T) {
 			require.Contains(t, out+errs, w, "%v", tc.args)
 		}
 	}
+}
+
+// The start-up hint names the binary that works and shows only while no
+// agent exists; loading --policies logs the rule count and version.
+func TestStartupHintsAndPolicyLog(t *testing.T) {
+	withEnv(t, nil)
+	dir := t.TempDir()
+	pol := filepath.Join(dir, "p.yaml")
+	require.NoError(t, os.WriteFile(pol, []byte("- name: all ask\n  action: require_approval\n"), 0o600))
+	data := filepath.Join(dir, "data")
+	start := func() (string, string) {
+		ctx, cancel := context.WithCancel(context.Background())
+		var out, errb syncBuffer
+		done := make(chan int, 1)
+		go func() {
+			done <- Main(ctx, []string{"serve", "--addr", "127.0.0.1:0", "--data", data, "--policies", pol}, nil, &out, &errb)
+		}()
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "listening on") }, 10*time.Second, 10*time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
+		cancel()
+		require.Equal(t, 0, <-done, errb.String())
+		return out.String(), errb.String()
+	}
+	out, log := start()
+	require.Contains(t, out, "create an agent: agentotp agents create my-agent --data "+data)
+	require.Regexp(t, `msg="policies loaded" .*rules=1 version=[0-9a-f]{12}`, log)
+
+	code, _, errs := run(t, "agents", "create", "one", "--data", data)
+	require.Equal(t, 0, code, errs)
+	out, _ = start()
+	require.NotContains(t, out, "create an agent", "no hint once an agent exists")
 }
