@@ -58,34 +58,42 @@ type GuardVerdict struct {
 // spends nothing. An error means agentotp could not be asked (the call
 // must not run).
 func (g *Guard) Ask(ctx context.Context, auth GuardAuthorizer, key, name string, req PermissionRequest) (*GuardVerdict, error) {
-	g.mu.Lock()
-	idem, again := g.pending[key]
-	if !again {
-		idem = newGuardKey()
-	}
-	g.mu.Unlock()
+	idem := g.idempotencyKey(key)
 	req.IdempotencyKey = idem
-
 	perm, token, err := auth.Authorize(ctx, req, g.wait)
-	g.mu.Lock()
-	switch {
-	case err != nil || perm.Status == StatusPending:
-		// Still waiting — or the wait broke off (the caller left), and
-		// the request may exist: the same call asked again picks it up.
-		if len(g.pending) >= maxGuardPending {
-			clear(g.pending)
-		}
-		g.pending[key] = idem
-	default:
-		delete(g.pending, key)
-	}
-	g.mu.Unlock()
+	g.remember(key, idem, perm, err)
 	if err != nil {
 		return nil, err
 	}
 	v := &GuardVerdict{Permission: perm, Token: token}
 	v.Allowed, v.Message = Verdict(name, perm, token)
 	return v, nil
+}
+
+// idempotencyKey is the key of the call's pending request, or a new one.
+func (g *Guard) idempotencyKey(key string) string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if idem, ok := g.pending[key]; ok {
+		return idem
+	}
+	return newGuardKey()
+}
+
+// remember keeps the call's idempotency key while its request waits — or
+// when the wait broke off (the caller left) and the request may exist — so
+// the same call asked again picks it up; a decided call is forgotten.
+func (g *Guard) remember(key, idem string, perm *Permission, err error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err != nil || perm.Status == StatusPending {
+		if len(g.pending) >= maxGuardPending {
+			clear(g.pending)
+		}
+		g.pending[key] = idem
+		return
+	}
+	delete(g.pending, key)
 }
 
 // Spend uses the verdict's token once, before the call runs: at most once,
@@ -142,4 +150,47 @@ func newGuardKey() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return "guard-" + hex.EncodeToString(b[:])
+}
+
+// spender is an authorizer that can ask and spend in one step when the
+// policy approves at once (*AgentSession: one transaction instead of two).
+type spender interface {
+	AuthorizeAndSpend(ctx context.Context, req PermissionRequest, wait time.Duration, details map[string]any) (*Permission, Secret, *UseResult, error)
+}
+
+// AskAndSpend is Ask followed by Spend with details, for a call that will
+// run as soon as it is allowed (no hook in between): through an authorizer
+// that can, an at-once approval is asked and spent in one transaction.
+func (g *Guard) AskAndSpend(ctx context.Context, auth GuardAuthorizer, key, name string, req PermissionRequest, details map[string]any) (v *GuardVerdict, ok bool, msg string, err error) {
+	sp, can := auth.(spender)
+	if !can {
+		if v, err = g.Ask(ctx, auth, key, name, req); err != nil {
+			return nil, false, "", err
+		}
+		ok, msg, err = g.Spend(ctx, auth, v, name, details)
+		return v, ok, msg, err
+	}
+	idem := g.idempotencyKey(key)
+	req.IdempotencyKey = idem
+	perm, token, used, err := sp.AuthorizeAndSpend(ctx, req, g.wait, details)
+	g.remember(key, idem, perm, err)
+	if err != nil {
+		return nil, false, "", err
+	}
+	v = &GuardVerdict{Permission: perm, Token: token}
+	v.Allowed, v.Message = Verdict(name, perm, token)
+	if used != nil {
+		// Approved at once: the verdict is the approval's, whatever the
+		// spend left of the permission (used, with its last use).
+		v.Allowed, v.Message = true, ""
+	}
+	switch {
+	case used == nil:
+		ok, msg, err = g.Spend(ctx, auth, v, name, details)
+		return v, ok, msg, err
+	case !used.Success:
+		return v, false, fmt.Sprintf("Permission %s for %s was approved but could not be used (%s). The tool did not run.",
+			perm.ID, name, used.Reason), nil
+	}
+	return v, true, "", nil
 }

@@ -93,3 +93,41 @@ func TestGuardSpendsBeforeRunning(t *testing.T) {
 		})
 	}
 }
+
+// An approval at once is asked and spent in one transaction, with Use's
+// checks: the audit shows the same events as two steps, and verifies.
+func TestRequestAndUseInOneStep(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("gw")
+	f.eff.Store(int32(agentotp.EffectAutoApprove))
+	req := agentotp.PermissionRequest{Action: "x", Scope: map[string]any{"max_n": 2.0}}
+
+	perm, tok, used, err := f.svc.RequestAndUse(f.ctx, a, req, map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.NotEmpty(t, tok)
+	require.Equal(t, &agentotp.UseResult{Success: true, UsesRemaining: 0}, used)
+	require.Equal(t, agentotp.StatusUsed, perm.Status)
+	events, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: perm.ID, Ascending: true})
+	require.NoError(t, err)
+	var types []agentotp.EventType
+	for _, e := range events {
+		types = append(types, e.Type)
+	}
+	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove, agentotp.EventTokenIssue, agentotp.EventUse}, types)
+
+	perm, _, used, err = f.svc.RequestAndUse(f.ctx, a, req, map[string]any{"n": 5.0})
+	require.NoError(t, err)
+	require.False(t, used.Success, "outside the scope: refused, nothing spent")
+	require.Equal(t, 1, used.UsesRemaining)
+	require.Equal(t, agentotp.StatusApproved, perm.Status)
+
+	f.eff.Store(int32(agentotp.EffectRequireApproval))
+	perm, _, used, err = f.svc.RequestAndUse(f.ctx, a, req, map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.Nil(t, used, "nothing to spend while pending")
+	require.Equal(t, agentotp.StatusPending, perm.Status)
+
+	rep, err := f.svc.VerifyAudit(f.ctx, f.admin)
+	require.NoError(t, err)
+	require.True(t, rep.OK, "%+v", rep)
+}

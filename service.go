@@ -187,15 +187,37 @@ func authError(err error) error {
 // auto-approval, returns the token (the only time it is shown). A retry with
 // the same idempotency key returns the same permission.
 func (s *Service) RequestPermission(ctx context.Context, p Principal, req PermissionRequest) (*Permission, Secret, error) {
+	perm, token, _, err := s.request(ctx, p, req, nil)
+	return perm, token, err
+}
+
+// RequestAndUse is RequestPermission followed, when the policy approves at
+// once, by the first use with details — in the same transaction, so a
+// guarded call that runs right away costs one durable commit, not two.
+// The use is checked as Use checks it (scope or exact tool arguments, the
+// policy's useWhen). used is nil when no use was attempted (pending,
+// denied, or a retry answered from an earlier request): then Use it as
+// usual once approved.
+func (s *Service) RequestAndUse(ctx context.Context, p Principal, req PermissionRequest, details map[string]any) (perm *Permission, token Secret, used *UseResult, err error) {
+	if details == nil {
+		details = map[string]any{}
+	}
+	if err := ValidateObject("actionDetails", details); err != nil {
+		return nil, "", nil, err
+	}
+	return s.request(ctx, p, req, details)
+}
+
+func (s *Service) request(ctx context.Context, p Principal, req PermissionRequest, spend map[string]any) (*Permission, Secret, *UseResult, error) {
 	if !p.IsAgent() {
-		return nil, "", errAgentOnly
+		return nil, "", nil, errAgentOnly
 	}
 	if err := req.ValidateWithin(s.maxObject); err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	if req.CallbackURL != "" {
 		if err := s.checkCallback(req.CallbackURL); err != nil {
-			return nil, "", err
+			return nil, "", nil, err
 		}
 	}
 	agent := p.Agent
@@ -212,6 +234,7 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 	var (
 		perm  *Permission
 		token Secret
+		used  *UseResult
 	)
 	err := s.store.Update(ctx, func(tx Tx) error {
 		if req.IdempotencyKey != "" {
@@ -248,21 +271,39 @@ func (s *Service) RequestPermission(ctx context.Context, p Principal, req Permis
 		if err := tx.CreatePermission(ctx, perm); err != nil {
 			return err
 		}
-		return appendAll(ctx, tx, events)
+		if err := appendAll(ctx, tx, events); err != nil {
+			return err
+		}
+		used = nil
+		if spend != nil && perm.Status == StatusApproved && token != "" {
+			u, err := s.useNow(ctx, tx, p, perm, token, spend, now)
+			if err != nil {
+				return err
+			}
+			used = &u
+		}
+		return nil
 	})
 	if errors.Is(err, errRetried) || errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
 		// A retry, or a race lost to a concurrent one with the same key.
 		if perm, tok, done, rerr := s.replay(ctx, p, req, now); done || rerr != nil {
-			return perm, tok, rerr
+			return perm, tok, nil, rerr
 		}
 	}
 	if err != nil {
-		return nil, "", err
+		return nil, "", nil, err
 	}
 	if perm.Status == StatusPending {
 		s.notifyPending(perm, agent)
 	}
-	return perm, token, nil
+	if used != nil && used.Success && used.UsesRemaining == 0 {
+		perm = perm.Effective(now)
+		perm.Status, perm.UsesRemaining = StatusUsed, 0
+		s.notifyResolved(perm)
+	} else if used != nil && used.Success {
+		perm.UsesRemaining = used.UsesRemaining
+	}
+	return perm, token, used, nil
 }
 
 // evaluate asks the policy; an evaluation error fails closed to a deny.

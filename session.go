@@ -81,3 +81,23 @@ func (a *AgentSession) ApprovalURL(id PermissionID) string { return a.svc.Approv
 func (a *AgentSession) RecordOutcome(ctx context.Context, id PermissionID, o Outcome) error {
 	return a.svc.RecordOutcome(ctx, a.p, id, o)
 }
+
+// AuthorizeAndSpend is Authorize followed by Spend with details, in one
+// transaction when the policy approves at once (see RequestAndUse). used
+// is nil when no use was attempted: the permission is pending, denied, a
+// human approved it during the wait, or the request was a retry; then
+// Spend as usual if it is approved.
+func (a *AgentSession) AuthorizeAndSpend(ctx context.Context, req PermissionRequest, wait time.Duration, details map[string]any) (*Permission, Secret, *UseResult, error) {
+	perm, tok, used, err := a.svc.RequestAndUse(ctx, a.p, req, details)
+	switch {
+	case err != nil:
+		return nil, "", nil, err
+	case used != nil:
+		return perm, tok, used, nil
+	case perm.TokenPending():
+		perm, tok, err = a.svc.GetPermission(ctx, a.p, perm.ID, 0)
+	case perm.Status == StatusPending && wait > 0:
+		perm, tok, err = a.svc.GetPermission(ctx, a.p, perm.ID, wait)
+	}
+	return perm, tok, nil, err
+}

@@ -319,3 +319,34 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// useNow spends the first use of a permission approved in the same
+// transaction (RequestAndUse), with the checks of Use: the details against
+// the grant and the policy's useWhen. The policy itself was just asked. A
+// refusal spends nothing and is audited.
+func (s *Service) useNow(ctx context.Context, tx Tx, p Principal, perm *Permission, token Secret, details map[string]any, now time.Time) (UseResult, error) {
+	reason := checkUse(perm, details)
+	if reason == "" && perm.Decision.UseWhen != "" {
+		uc, ok := s.eval.(UseChecker)
+		switch {
+		case !ok:
+			reason = "refused: the policy's use condition cannot be checked by this server"
+		default:
+			if err := uc.CheckUse(ctx, perm, details, now); err != nil {
+				reason = "refused by policy: " + errMessage(err)
+			}
+		}
+	}
+	if reason == "" {
+		remaining, err := tx.SpendToken(ctx, perm.ID, p.Agent.ID, token.Hash(), now)
+		if err != nil {
+			return UseResult{}, err
+		}
+		return UseResult{Success: true, UsesRemaining: remaining}, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUse, now, map[string]any{
+			"actionDetails": details, "usesRemaining": remaining,
+		}), perm))
+	}
+	return UseResult{Reason: reason, UsesRemaining: perm.UsesRemaining}, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
+		"reason": reason, "actionDetails": details,
+	}), perm))
+}

@@ -43,7 +43,13 @@ func (g *Gateway) gate(ctx context.Context, call gatewayCall) (*dsConn, *agentot
 		return nil, nil, call.d.unavailable()
 	}
 	key := guardKey(a.identity, call)
-	v, err := g.guard.Ask(ctx, a.perms, key, call.name, call.req)
+	var details map[string]any
+	if err := json.Unmarshal(call.args, &details); err != nil {
+		return nil, nil, "internal error: the arguments could not be read back"
+	}
+	// Asked and, when allowed at once, spent in the same step (one durable
+	// commit in process): the call runs right after, at most once.
+	v, ok, msg, err := g.guard.AskAndSpend(ctx, a.perms, key, call.name, call.req, details)
 	if err != nil {
 		return nil, nil, "agentotp could not decide, so " + call.name + " did not run: " + resultText(g.shell.errorResult(ctx, call.name, err))
 	}
@@ -56,21 +62,12 @@ func (g *Gateway) gate(ctx context.Context, call gatewayCall) (*dsConn, *agentot
 		}
 		return nil, perm, v.Message
 	}
-	// Spend only when the call can run now: a use is not given back.
+	if !ok {
+		return nil, perm, msg
+	}
 	conn := call.d.current()
 	if conn == nil {
-		return nil, perm, call.d.unavailable() + fmt.Sprintf(" (Permission %s stays unspent until it expires.)", perm.ID)
-	}
-	var details map[string]any
-	if err := json.Unmarshal(call.args, &details); err != nil {
-		return nil, perm, "internal error: the arguments could not be read back"
-	}
-	ok, msg, err := g.guard.Spend(ctx, a.perms, v, call.name, details)
-	switch {
-	case err != nil:
-		return nil, perm, "agentotp could not record the use, so " + call.name + " did not run: " + resultText(g.shell.errorResult(ctx, call.name, err))
-	case !ok:
-		return nil, perm, msg
+		return nil, perm, call.d.unavailable() + fmt.Sprintf(" (Permission %s was used; the call did not run.)", perm.ID)
 	}
 	return conn, perm, ""
 }
