@@ -22,8 +22,6 @@ import (
 	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/clients/otpclient"
 	"github.com/agentotp/agentotp/mcpserver"
-	"github.com/agentotp/agentotp/notify"
-	"github.com/agentotp/agentotp/store/sqlite"
 )
 
 // runGateway is `agentotp gateway`: an MCP server in front of the MCP
@@ -128,32 +126,14 @@ flags:
 		perms = otpclient.New(gw.Server, key.Reveal(), otpclient.WithUserAgent("agentotp-gateway/"+version), otpclient.WithLogger(logger))
 		identity = "key:" + key.Hash()
 	} else {
-		public := cfg.PublicURL
-		if public == "" {
-			public = "http://" + DefaultConfig().Addr
-		}
-		// Pending requests are announced in the log with the command that
-		// approves them, as `agentotp serve` does.
-		a, err := openApp(ctx, cfg, logger, public, func(_ *sqlite.Store, o *agentotp.Options) error {
-			o.Notifier = &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
-				return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
-			}}
-			return nil
-		})
+		var stop func()
+		var err error
+		perms, identity, stop, err = embeddedAgent(ctx, cfg, logger, key)
 		if err != nil {
 			fmt.Fprintln(stderr, "agentotp gateway:", err)
 			return 1
 		}
-		defer a.Close()
-		p, err := a.svc.Authenticate(ctx, key.Reveal())
-		if err != nil {
-			fmt.Fprintln(stderr, "agentotp gateway: agent key:", err)
-			return 1
-		}
-		sweepCtx, stop := context.WithCancel(ctx)
 		defer stop()
-		go a.svc.RunSweeper(sweepCtx, time.Second)
-		perms, identity = a.svc.AgentSession(p), "agent:"+string(p.Agent.ID)
 	}
 
 	g, err := mcpserver.NewGateway(mcpserver.GatewayOptions{

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"strings"
 	"time"
@@ -14,6 +15,8 @@ import (
 	"github.com/agentotp/agentotp/clients/otpclient"
 	"github.com/agentotp/agentotp/httpapi"
 	"github.com/agentotp/agentotp/mcpserver"
+	"github.com/agentotp/agentotp/notify"
+	"github.com/agentotp/agentotp/store/sqlite"
 )
 
 // runMCP is `agentotp mcp`: the permission tools for one agent, over stdio
@@ -79,27 +82,13 @@ flags:
 		perms = otpclient.New(cfg.URL, key.Reveal(), otpclient.WithUserAgent("agentotp-mcp/"+version), otpclient.WithLogger(logger))
 		identity = "key:" + key.Hash()
 	} else {
-		// Approval links point at the console of `agentotp serve` on the
-		// same data directory: its public URL, or its default address.
-		public := cfg.PublicURL
-		if public == "" {
-			public = "http://" + DefaultConfig().Addr
-		}
-		a, err := openApp(ctx, cfg, logger, public)
+		var stop func()
+		perms, identity, stop, err = embeddedAgent(ctx, cfg, logger, key)
 		if err != nil {
 			fmt.Fprintln(stderr, "agentotp mcp:", err)
 			return 1
 		}
-		defer a.Close()
-		p, err := a.svc.Authenticate(ctx, key.Reveal())
-		if err != nil {
-			fmt.Fprintln(stderr, "agentotp mcp: agent key:", err)
-			return 1
-		}
-		sweepCtx, stop := context.WithCancel(ctx)
 		defer stop()
-		go a.svc.RunSweeper(sweepCtx, time.Second)
-		perms, identity = a.svc.AgentSession(p), "agent:"+string(p.Agent.ID)
 	}
 
 	srv := mcpserver.New(mcpserver.Options{Version: version, Logger: logger})
@@ -143,4 +132,34 @@ func mountMCP(api *httpapi.Server, svc *agentotp.Service, publicURL string) {
 	bound := api.AgentOnly(mcpserver.ServiceAgents(svc, h))
 	api.Handle("/mcp", bound)
 	api.Handle("/mcp/", bound)
+}
+
+// embeddedAgent runs the service on cfg's data for the agent of key, as
+// `agentotp mcp` and `agentotp gateway` do without a server: pending
+// requests are logged with the command that approves them, and due ones
+// are expired. stop releases it all.
+func embeddedAgent(ctx context.Context, cfg Config, logger *slog.Logger, key agentotp.Secret) (mcpserver.Permissions, string, func(), error) {
+	// Approval links point at the console of `agentotp serve` on the same
+	// data directory: its public URL, or its default address.
+	public := cfg.PublicURL
+	if public == "" {
+		public = "http://" + DefaultConfig().Addr
+	}
+	a, err := openApp(ctx, cfg, logger, public, func(_ *sqlite.Store, o *agentotp.Options) error {
+		o.Notifier = &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
+			return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
+		}}
+		return nil
+	})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	p, err := a.svc.Authenticate(ctx, key.Reveal())
+	if err != nil {
+		a.Close()
+		return nil, "", nil, fmt.Errorf("agent key: %w", err)
+	}
+	sweepCtx, stopSweep := context.WithCancel(ctx)
+	go a.svc.RunSweeper(sweepCtx, time.Second)
+	return a.svc.AgentSession(p), "agent:" + string(p.Agent.ID), func() { stopSweep(); a.Close() }, nil
 }
