@@ -97,17 +97,8 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 	if reason == "" {
 		reason = s.recheck(ctx, p, perm, now)
 	}
-	if reason == "" && perm.Decision.UseWhen != "" {
-		uc, ok := s.eval.(UseChecker)
-		switch {
-		case !ok:
-			// Fail closed: a condition nobody here can check is not met.
-			reason = "refused: the policy's use condition cannot be checked by this server"
-		default:
-			if err := uc.CheckUse(ctx, perm, details, now); err != nil {
-				reason = "refused by policy: " + errMessage(err)
-			}
-		}
+	if reason == "" {
+		reason = s.useWhen(ctx, perm, details, now)
 	}
 
 	var res UseResult
@@ -326,16 +317,8 @@ func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
 // refusal spends nothing and is audited.
 func (s *Service) useNow(ctx context.Context, tx Tx, p Principal, perm *Permission, token Secret, details map[string]any, now time.Time) (UseResult, error) {
 	reason := checkUse(perm, details)
-	if reason == "" && perm.Decision.UseWhen != "" {
-		uc, ok := s.eval.(UseChecker)
-		switch {
-		case !ok:
-			reason = "refused: the policy's use condition cannot be checked by this server"
-		default:
-			if err := uc.CheckUse(ctx, perm, details, now); err != nil {
-				reason = "refused by policy: " + errMessage(err)
-			}
-		}
+	if reason == "" {
+		reason = s.useWhen(ctx, perm, details, now)
 	}
 	if reason == "" {
 		remaining, err := tx.SpendToken(ctx, perm.ID, p.Agent.ID, token.Hash(), now)
@@ -349,4 +332,20 @@ func (s *Service) useNow(ctx context.Context, tx Tx, p Principal, perm *Permissi
 	return UseResult{Reason: reason, UsesRemaining: perm.UsesRemaining}, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
 		"reason": reason, "actionDetails": details,
 	}), perm))
+}
+
+// useWhen applies the policy's use condition, if the decision has one, and
+// explains a refusal. A condition nobody here can check is not met.
+func (s *Service) useWhen(ctx context.Context, perm *Permission, details map[string]any, now time.Time) string {
+	if perm.Decision.UseWhen == "" {
+		return ""
+	}
+	uc, ok := s.eval.(UseChecker)
+	if !ok {
+		return "refused: the policy's use condition cannot be checked by this server"
+	}
+	if err := uc.CheckUse(ctx, perm, details, now); err != nil {
+		return "refused by policy: " + errMessage(err)
+	}
+	return ""
 }

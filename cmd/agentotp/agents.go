@@ -19,9 +19,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	sub, args := args[0], args[1:]
 	c := newAdminCmd("agents "+sub, stderr)
 	desc := c.fs.String("description", "", "description (create)")
-	if isHelp(sub) {
-		c.fs.SetOutput(stdout)
-		c.fs.Usage()
+	if c.help([]string{sub}, stdout) {
 		return helpShown
 	}
 	pos, rest := positional(args)
@@ -159,9 +157,7 @@ func runUsers(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	c := newAdminCmd("users "+sub, stderr)
 	role := c.fs.String("role", "approver", "role: approver or admin (create)")
 	tg := c.fs.Int64("telegram-id", 0, "Telegram user id allowed to press Approve (create)")
-	if isHelp(sub) {
-		c.fs.SetOutput(stdout)
-		c.fs.Usage()
+	if c.help([]string{sub}, stdout) {
 		return helpShown
 	}
 	pos, rest := positional(args)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"reflect"
-	"slices"
 	"text/tabwriter"
 	"time"
 
@@ -72,9 +71,7 @@ func clip(s string, n int) string {
 // own words marked as such.
 func runShow(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	c := newAdminCmd("show", stderr)
-	if slices.ContainsFunc(args, isHelp) {
-		c.fs.SetOutput(stdout)
-		c.fs.Usage()
+	if c.help(args, stdout) {
 		return helpShown
 	}
 	pos, rest := positional(args)
@@ -146,14 +143,7 @@ func runDecide(ctx context.Context, approve bool, args []string, stdout, stderr 
 	if approve {
 		c.fs.StringVar(&scope, "scope", "", "JSON object narrowing the granted scope")
 	}
-	if slices.ContainsFunc(args, isHelp) {
-		c.fs.SetOutput(stdout)
-		c.fs.Usage()
-		return helpShown
-	}
-	if slices.ContainsFunc(args, isHelp) {
-		c.fs.SetOutput(stdout)
-		c.fs.Usage()
+	if c.help(args, stdout) {
 		return helpShown
 	}
 	pos, rest := positional(args)

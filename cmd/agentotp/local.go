@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
 	"strings"
 
 	"github.com/agentotp/agentotp"
@@ -137,4 +138,14 @@ func missingDefaultData(fs *flag.FlagSet, cfg Config) bool {
 	}
 	_, err := os.Stat(cfg.Data)
 	return errors.Is(err, os.ErrNotExist)
+}
+
+// help prints the command's usage and flags to stdout when args ask for it.
+func (c *adminCmd) help(args []string, stdout io.Writer) bool {
+	if !slices.ContainsFunc(args, isHelp) {
+		return false
+	}
+	c.fs.SetOutput(stdout)
+	c.fs.Usage()
+	return true
 }
