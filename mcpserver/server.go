@@ -8,7 +8,7 @@
 // the key given to the process for stdio, the bearer key of each HTTP
 // request otherwise. Approval never happens inside MCP, where the agent's
 // own client could answer for the person: a person decides out of band
-// (agentotp approve, or POST /decide), and the tools report pending until
+// (Telegram, agentotp approve, or POST /decide), and the tools report pending until
 // then.
 package mcpserver
 
