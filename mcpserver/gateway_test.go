@@ -100,19 +100,9 @@ func startGatewayAs(tb testing.TB, perms mcpserver.Permissions, identity string,
 	require.NoError(tb, g.Start(context.Background()))
 	tb.Cleanup(func() { require.NoError(tb, g.Close()) })
 
-	inR, inW := io.Pipe()
-	outR, outW := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- g.ServeStdio(ctx, perms, identity, inR, outW) }()
-	tb.Cleanup(func() {
-		cancel()
-		_ = inW.Close()
-		require.NoError(tb, <-done)
-		_ = outW.Close()
+	c := pipeClient(tb, func(ctx context.Context, in io.Reader, out io.Writer) error {
+		return g.ServeStdio(ctx, perms, identity, in, out)
 	})
-	c := client.NewClient(transport.NewIO(outR, inW, io.NopCloser(strings.NewReader(""))),
-		client.WithProtocolVersion(mcp.ProtocolVersion20251125))
 	return g, initLegacy(tb, c)
 }
 
@@ -120,16 +110,7 @@ func startGatewayAs(tb testing.TB, perms mcpserver.Permissions, identity string,
 // (Claude Desktop, Claude Code) do.
 func initLegacy(tb testing.TB, c *client.Client) *client.Client {
 	tb.Helper()
-	require.NoError(tb, c.Start(context.Background()))
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	var req mcp.InitializeRequest
-	req.Params.ProtocolVersion = mcp.ProtocolVersion20251125
-	req.Params.ClientInfo = mcp.Implementation{Name: "gateway-test-client", Version: "9.9.9"}
-	_, err := c.Initialize(ctx, req)
-	require.NoError(tb, err)
-	tb.Cleanup(func() { _ = c.Close() })
-	return c
+	return initClient(tb, c, mcp.ProtocolVersion20251125, mcp.Implementation{Name: "gateway-test-client", Version: "9.9.9"})
 }
 
 // stdioServer is the downstream binary as the gateway's server name.

@@ -96,17 +96,42 @@ func newEnv(t *testing.T, opts mcpserver.Options) *env {
 
 func initialize(t *testing.T, c *client.Client) *client.Client {
 	t.Helper()
+	return initClient(t, c, mcp.LATEST_PROTOCOL_VERSION, mcp.Implementation{Name: "test-client", Version: "1.2.3"})
+}
+
+// initClient starts c and initializes it as info on protocol version.
+func initClient(tb testing.TB, c *client.Client, version string, info mcp.Implementation) *client.Client {
+	tb.Helper()
 	// Start's context lives as long as the connection (the SSE stream).
-	require.NoError(t, c.Start(context.Background()))
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	require.NoError(tb, c.Start(context.Background()))
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var req mcp.InitializeRequest
-	req.Params.ProtocolVersion = mcp.LATEST_PROTOCOL_VERSION
-	req.Params.ClientInfo = mcp.Implementation{Name: "test-client", Version: "1.2.3"}
+	req.Params.ProtocolVersion = version
+	req.Params.ClientInfo = info
 	_, err := c.Initialize(ctx, req)
-	require.NoError(t, err)
-	t.Cleanup(func() { _ = c.Close() })
+	require.NoError(tb, err)
+	tb.Cleanup(func() { _ = c.Close() })
 	return c
+}
+
+// pipeClient serves one client over a pair of pipes with the stdio
+// framing and returns its (not yet initialized) client.
+func pipeClient(tb testing.TB, serve func(ctx context.Context, in io.Reader, out io.Writer) error) *client.Client {
+	tb.Helper()
+	inR, inW := io.Pipe()
+	outR, outW := io.Pipe()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- serve(ctx, inR, outW) }()
+	tb.Cleanup(func() {
+		cancel()
+		_ = inW.Close()
+		require.NoError(tb, <-done)
+		_ = outW.Close()
+	})
+	return client.NewClient(transport.NewIO(outR, inW, io.NopCloser(strings.NewReader(""))),
+		client.WithProtocolVersion(mcp.ProtocolVersion20251125))
 }
 
 // stdioClient serves agent i in process over a pair of pipes with the
@@ -118,21 +143,9 @@ func (e *env) stdioClient(t *testing.T, i int) *client.Client {
 
 func (e *env) stdioClientFor(t *testing.T, perms mcpserver.Permissions, identity string) *client.Client {
 	t.Helper()
-	inR, inW := io.Pipe()
-	outR, outW := io.Pipe()
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() {
-		done <- e.mcp.ServeStdio(ctx, perms, identity, inR, outW)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		_ = inW.Close()
-		require.NoError(t, <-done)
-		_ = outW.Close()
-	})
-	return initialize(t, client.NewClient(transport.NewIO(outR, inW, io.NopCloser(strings.NewReader(""))),
-		client.WithProtocolVersion(mcp.ProtocolVersion20251125)))
+	return initialize(t, pipeClient(t, func(ctx context.Context, in io.Reader, out io.Writer) error {
+		return e.mcp.ServeStdio(ctx, perms, identity, in, out)
+	}))
 }
 
 func (e *env) httpClient(t *testing.T, key agentotp.Secret) *client.Client {
