@@ -153,15 +153,11 @@ func (g *Gateway) toolHandler(d *downstream, t gwTool) server.ToolHandlerFunc {
 			g.outcome(ctx, d, call.name, perm, start, "failed", 0, err)
 			return mcp.NewToolResultError(g.downstreamFailure(ctx, d, conn, call.name, perm, err)), nil
 		}
-		size := 0
-		if b, err := json.Marshal(res); err == nil {
-			size = len(b)
-		}
 		outcome := "ok"
 		if res.IsError {
 			outcome = "tool_error"
 		}
-		g.outcome(ctx, d, call.name, perm, start, outcome, size, nil)
+		g.outcome(ctx, d, call.name, perm, start, outcome, resultSize(res), nil)
 		return res, nil
 	}
 }
@@ -206,6 +202,15 @@ func (g *Gateway) outcome(ctx context.Context, d *downstream, name string, perm 
 	g.log.Info("gateway call", attrs...)
 }
 
+// resultSize is the size of a downstream answer as JSON, for the audit.
+func resultSize(v any) int {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0
+	}
+	return len(b)
+}
+
 // resourceHandler gates resources/read on d: action
 // mcp.<server>.resources.read, scope {uri}.
 func (g *Gateway) resourceHandler(d *downstream) server.ResourceHandlerFunc {
@@ -234,11 +239,7 @@ func (g *Gateway) resourceHandler(d *downstream) server.ResourceHandlerFunc {
 			g.outcome(ctx, d, "resources/read", perm, start, "failed", 0, err)
 			return nil, errors.New(g.downstreamFailure(ctx, d, conn, uri, perm, err))
 		}
-		size := 0
-		if b, err := json.Marshal(res); err == nil {
-			size = len(b)
-		}
-		g.outcome(ctx, d, "resources/read", perm, start, "ok", size, nil)
+		g.outcome(ctx, d, "resources/read", perm, start, "ok", resultSize(res), nil)
 		return res.Contents, nil
 	}
 }
@@ -278,11 +279,7 @@ func (g *Gateway) promptHandler(d *downstream, name string) server.PromptHandler
 			g.outcome(ctx, d, "prompts/get", perm, start, "failed", 0, err)
 			return nil, errors.New(g.downstreamFailure(ctx, d, conn, call.name, perm, err))
 		}
-		size := 0
-		if b, err := json.Marshal(res); err == nil {
-			size = len(b)
-		}
-		g.outcome(ctx, d, "prompts/get", perm, start, "ok", size, nil)
+		g.outcome(ctx, d, "prompts/get", perm, start, "ok", resultSize(res), nil)
 		return res, nil
 	}
 }
