@@ -8,7 +8,6 @@ import (
 	"text/tabwriter"
 
 	"github.com/agentotp/agentotp"
-	"github.com/agentotp/agentotp/clients/otpclient"
 )
 
 func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int {
@@ -40,7 +39,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, secret, err := createAgent(ctx, a, c, agentotp.AgentInput{Name: pos[0], Description: *desc}, stderr)
+		ag, key, secret, err := a.CreateAgent(ctx, agentotp.AgentInput{Name: pos[0], Description: *desc})
 		if err != nil {
 			return fail(stderr, "agents create", err)
 		}
@@ -61,7 +60,7 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 		if !need(1) {
 			return 2
 		}
-		ag, key, secret, err := rotateAgentKey(ctx, a, c, pos[0], stderr)
+		ag, key, secret, err := a.RotateAgentKey(ctx, pos[0])
 		if err != nil {
 			return fail(stderr, "agents rotate", err)
 		}
@@ -91,55 +90,17 @@ func runAgents(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	return 0
 }
 
-// createAgent creates an agent and returns, besides its key, its callback
-// secret: derived here from the callback key in the data directory, or as
-// the server's response carries it (none when the server has no key).
-func createAgent(ctx context.Context, a admin, c *adminCmd, in agentotp.AgentInput, stderr io.Writer) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
-	if r, ok := a.(*remoteAdmin); ok {
-		ag, err := r.c.CreateAgent(ctx, otpclient.AgentInput{Name: in.Name, Description: in.Description, Metadata: in.Metadata})
-		if err != nil {
-			return nil, "", "", err
-		}
-		return fromAgent(ag), ag.Key(), ag.CallbackKey(), nil
-	}
-	ag, key, err := a.CreateAgent(ctx, in)
-	if err != nil {
-		return nil, "", "", err
-	}
-	return ag, key, localCallbackSecret(c, ag, stderr), nil
-}
-
-// rotateAgentKey is createAgent for a key rotation, which rotates the
-// callback secret too.
-func rotateAgentKey(ctx context.Context, a admin, c *adminCmd, id string, stderr io.Writer) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
-	if r, ok := a.(*remoteAdmin); ok {
-		ag, err := r.c.RotateAgentKey(ctx, id)
-		if err != nil {
-			return nil, "", "", err
-		}
-		return fromAgent(ag), ag.Key(), ag.CallbackKey(), nil
-	}
-	ag, key, err := a.RotateAgentKey(ctx, id)
-	if err != nil {
-		return nil, "", "", err
-	}
-	return ag, key, localCallbackSecret(c, ag, stderr), nil
-}
-
-// localCallbackSecret derives an agent's callback secret with the key of
-// the data directory the command works on (creating the key file as serve
+// callbackSecret derives an agent's callback secret with the key of the
+// data directory the command works on (creating the key file as serve
 // would). A problem with the key is a warning: the API key, shown only
 // now, must be printed whatever happens.
-func localCallbackSecret(c *adminCmd, ag *agentotp.Agent, stderr io.Writer) agentotp.Secret {
-	cfg, err := c.load(env)
-	if err == nil {
-		var key []byte
-		if key, err = callbackKey(cfg); err == nil {
-			return agentotp.CallbackSecret(key, ag)
-		}
+func (l *localAdmin) callbackSecret(ag *agentotp.Agent) agentotp.Secret {
+	key, err := callbackKey(l.cfg)
+	if err != nil {
+		fmt.Fprintf(l.stderr, "agentotp: no callback secret: %v (rotate the key once this is fixed to get one)\n", err)
+		return ""
 	}
-	fmt.Fprintf(stderr, "agentotp: no callback secret: %v (rotate the key once this is fixed to get one)\n", err)
-	return ""
+	return agentotp.CallbackSecret(key, ag)
 }
 
 func printCallbackSecret(w io.Writer, secret agentotp.Secret) {

@@ -15,9 +15,11 @@ import (
 // data directory; remoteAdmin talks to a running server's API. Both speak
 // the domain's types so the commands print the same either way.
 type admin interface {
-	CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, error)
+	// CreateAgent and RotateAgentKey return the API key and the agent's
+	// callback secret ("" when the server has no callback key), both shown once.
+	CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error)
 	ListAgents(ctx context.Context) ([]*agentotp.Agent, error)
-	RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, error)
+	RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error)
 	SetAgentActive(ctx context.Context, id string, active bool) (*agentotp.Agent, error)
 	DeleteAgent(ctx context.Context, id string) error
 	CreateUser(ctx context.Context, in agentotp.UserInput) (*agentotp.User, agentotp.Secret, error)
@@ -36,22 +38,32 @@ type admin interface {
 }
 
 type localAdmin struct {
-	app *app
-	p   agentotp.Principal
+	app    *app
+	p      agentotp.Principal
+	cfg    Config
+	stderr io.Writer // warnings
 }
 
 func (l *localAdmin) Close() error { return l.app.Close() }
 
-func (l *localAdmin) CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, error) {
-	return l.app.svc.CreateAgent(ctx, l.p, in)
+func (l *localAdmin) CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
+	ag, key, err := l.app.svc.CreateAgent(ctx, l.p, in)
+	if err != nil {
+		return nil, "", "", err
+	}
+	return ag, key, l.callbackSecret(ag), nil
 }
 
 func (l *localAdmin) ListAgents(ctx context.Context) ([]*agentotp.Agent, error) {
 	return allPages(func(p agentotp.Page) ([]*agentotp.Agent, int, error) { return l.app.svc.ListAgents(ctx, l.p, p) })
 }
 
-func (l *localAdmin) RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, error) {
-	return l.app.svc.RotateAgentKey(ctx, l.p, agentotp.AgentID(id))
+func (l *localAdmin) RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
+	ag, key, err := l.app.svc.RotateAgentKey(ctx, l.p, agentotp.AgentID(id))
+	if err != nil {
+		return nil, "", "", err
+	}
+	return ag, key, l.callbackSecret(ag), nil
 }
 
 func (l *localAdmin) SetAgentActive(ctx context.Context, id string, active bool) (*agentotp.Agent, error) {
@@ -155,12 +167,12 @@ func fromEvent(e otpclient.AuditEvent) *agentotp.AuditEvent {
 		DetailsJSON: d, PrevHash: e.PrevHash, Hash: e.Hash}
 }
 
-func (r *remoteAdmin) CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, error) {
+func (r *remoteAdmin) CreateAgent(ctx context.Context, in agentotp.AgentInput) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
 	a, err := r.c.CreateAgent(ctx, otpclient.AgentInput{Name: in.Name, Description: in.Description, Metadata: in.Metadata})
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	return fromAgent(a), a.Key(), nil
+	return fromAgent(a), a.Key(), a.CallbackKey(), nil
 }
 
 func (r *remoteAdmin) ListAgents(ctx context.Context) ([]*agentotp.Agent, error) {
@@ -174,12 +186,12 @@ func (r *remoteAdmin) ListAgents(ctx context.Context) ([]*agentotp.Agent, error)
 	})
 }
 
-func (r *remoteAdmin) RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, error) {
+func (r *remoteAdmin) RotateAgentKey(ctx context.Context, id string) (*agentotp.Agent, agentotp.Secret, agentotp.Secret, error) {
 	a, err := r.c.RotateAgentKey(ctx, id)
 	if err != nil {
-		return nil, "", err
+		return nil, "", "", err
 	}
-	return fromAgent(a), a.Key(), nil
+	return fromAgent(a), a.Key(), a.CallbackKey(), nil
 }
 
 func (r *remoteAdmin) SetAgentActive(ctx context.Context, id string, active bool) (*agentotp.Agent, error) {

@@ -106,7 +106,7 @@ func (c *adminCmd) open(ctx context.Context, args []string, stderr io.Writer) (a
 			"— the bootstrap key was rotated, disabled or deleted by an admin; set AGENTOTP_ADMIN_KEY to a current admin or approver key")
 		return nil, 1
 	}
-	return &localAdmin{app: a, p: p}, 0
+	return &localAdmin{app: a, p: p, cfg: cfg, stderr: stderr}, 0
 }
 
 // fail prints err for a command and returns its exit code.
