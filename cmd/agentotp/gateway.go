@@ -19,7 +19,6 @@ import (
 
 	"gopkg.in/yaml.v3"
 
-	"github.com/agentotp/agentotp"
 	"github.com/agentotp/agentotp/clients/otpclient"
 	"github.com/agentotp/agentotp/mcpserver"
 )
@@ -93,18 +92,9 @@ flags:
 		fmt.Fprintln(stderr, "agentotp gateway:", err)
 		return 2
 	}
-	key := agentotp.Secret(*apiKey)
-	if key == "" {
-		key = agentotp.Secret(gw.APIKey)
-	}
-	if key == "" {
-		if key, err = secretFromEnv(env, "AGENTOTP_API_KEY"); err != nil {
-			fmt.Fprintln(stderr, "agentotp gateway:", err)
-			return 2
-		}
-	}
-	if !agentotp.ValidKeyFormat(key.Reveal()) || !strings.HasPrefix(key.Reveal(), agentotp.AgentKeyPrefix) {
-		fmt.Fprintln(stderr, "agentotp gateway: an agent key (ak_…) is required: set AGENTOTP_API_KEY or apiKey: ${AGENTOTP_API_KEY} (create one with: agentotp agents create gateway)")
+	key, err := agentKey(*apiKey, gw.APIKey)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp gateway:", err, "(set AGENTOTP_API_KEY or apiKey: ${AGENTOTP_API_KEY}; create one with: agentotp agents create gateway)")
 		return 2
 	}
 	switch *transport {

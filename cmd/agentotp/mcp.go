@@ -52,15 +52,9 @@ flags:
 		fmt.Fprintln(stderr, "agentotp mcp:", err)
 		return 2
 	}
-	key := agentotp.Secret(*apiKey)
-	if key == "" {
-		if key, err = secretFromEnv(env, "AGENTOTP_API_KEY"); err != nil {
-			fmt.Fprintln(stderr, "agentotp mcp:", err)
-			return 2
-		}
-	}
-	if !agentotp.ValidKeyFormat(key.Reveal()) || !strings.HasPrefix(key.Reveal(), agentotp.AgentKeyPrefix) {
-		fmt.Fprintln(stderr, "agentotp mcp: an agent key (ak_…) is required: set AGENTOTP_API_KEY (create one with: agentotp agents create NAME)")
+	key, err := agentKey(*apiKey)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp mcp:", err, "(set AGENTOTP_API_KEY; create one with: agentotp agents create NAME)")
 		return 2
 	}
 	switch *transport {
@@ -162,4 +156,25 @@ func embeddedAgent(ctx context.Context, cfg Config, logger *slog.Logger, key age
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	go a.svc.RunSweeper(sweepCtx, time.Second)
 	return a.svc.AgentSession(p), "agent:" + string(p.Agent.ID), func() { stopSweep(); a.Close() }, nil
+}
+
+// agentKey is the first of keys that is set, else AGENTOTP_API_KEY (or
+// its _FILE), and must be an agent key.
+func agentKey(keys ...string) (agentotp.Secret, error) {
+	var key agentotp.Secret
+	for _, k := range keys {
+		if key == "" {
+			key = agentotp.Secret(k)
+		}
+	}
+	if key == "" {
+		var err error
+		if key, err = secretFromEnv(env, "AGENTOTP_API_KEY"); err != nil {
+			return "", err
+		}
+	}
+	if !agentotp.ValidKeyFormat(key.Reveal()) || !strings.HasPrefix(key.Reveal(), agentotp.AgentKeyPrefix) {
+		return "", fmt.Errorf("an agent key (ak_…) is required")
+	}
+	return key, nil
 }
