@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/url"
 	"reflect"
+	"sync/atomic"
 	"time"
 )
 
@@ -58,6 +59,8 @@ type Service struct {
 	waitPoll   time.Duration
 	broker     *broker
 	watched    watchlist // pending requests announced to the notifier
+	// auditCursor is the audit seq reconcile has read up to.
+	auditCursor atomic.Int64
 
 	callbackHosts []CallbackHost
 	maxObject     int   // Options.MaxRequestObjectBytes

@@ -11,9 +11,9 @@ const maxWatched = 10_000
 
 // watchlist is the set of pending requests this process announced to its
 // notifier. Another process on the same store (the CLI on the data
-// directory, a second server) can decide them; the sweeper re-reads them
-// so that notifiers still hear of every outcome — the Telegram message is
-// edited, the callback sent — whoever decided.
+// directory, a second server) can decide them; the sweeper follows the
+// audit trail for them so that notifiers still hear of every outcome — the
+// Telegram message edited, the callback sent — whoever decided.
 type watchlist struct {
 	mu  sync.Mutex
 	ids map[PermissionID]struct{}
@@ -39,30 +39,59 @@ func (w *watchlist) remove(id PermissionID) bool {
 	return ok
 }
 
-func (w *watchlist) list() []PermissionID {
+// empty reports whether nothing is watched.
+func (w *watchlist) empty() bool {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	out := make([]PermissionID, 0, len(w.ids))
-	for id := range w.ids {
-		out = append(out, id)
-	}
-	return out
+	return len(w.ids) == 0
 }
 
+func (w *watchlist) has(id PermissionID) bool {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	_, ok := w.ids[id]
+	return ok
+}
+
+// reconcileBatch bounds the audit events one read of reconcile takes.
+const reconcileBatch = 1000
+
 // reconcile notifies the outcome of watched requests that left pending
-// without this process noticing. Expiry is left to the sweep itself.
+// without this process noticing. It follows the audit trail from where it
+// last stopped — one read per sweep, however many requests are watched —
+// and reads a permission only when an event names a watched one.
 func (s *Service) reconcile(ctx context.Context) {
-	for _, id := range s.watched.list() {
-		perm, err := s.store.Permission(ctx, id)
-		switch {
-		case err != nil:
-			if ctx.Err() != nil {
-				return
+	if s.watched.empty() {
+		// Nothing to follow: start from the head when something is.
+		if seq, _, err := s.store.AuditHead(ctx); err == nil {
+			s.auditCursor.Store(seq)
+		}
+		return
+	}
+	for {
+		events, err := s.store.AuditEvents(ctx, AuditFilter{AfterSeq: s.auditCursor.Load(), Ascending: true, Limit: reconcileBatch})
+		if err != nil {
+			return
+		}
+		for _, e := range events {
+			s.auditCursor.Store(e.Seq)
+			if e.PermissionID == "" || !s.watched.has(e.PermissionID) {
+				continue
 			}
-			s.watched.remove(id) // deleted (pruned): nothing left to tell
-		case perm.Status != StatusPending && s.watched.remove(id):
-			// remove gates it: a decision this process also saw is told once.
-			s.notifyResolved(perm)
+			perm, err := s.store.Permission(ctx, e.PermissionID)
+			switch {
+			case err != nil:
+				if ctx.Err() != nil {
+					return
+				}
+				s.watched.remove(e.PermissionID) // deleted (pruned): nothing left to tell
+			case perm.Status != StatusPending && s.watched.remove(perm.ID):
+				// remove gates it: a decision this process also saw is told once.
+				s.notifyResolved(perm)
+			}
+		}
+		if len(events) < reconcileBatch {
+			return
 		}
 	}
 }
