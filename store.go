@@ -50,6 +50,8 @@ type Store interface {
 	ScanAudit(ctx context.Context, fn func(*AuditEvent) error) error
 	AuditStats(ctx context.Context, since time.Time) (AuditStats, error)
 
+	ConsoleSessionStore
+
 	Ping(ctx context.Context) error
 	Close() error
 }
@@ -95,6 +97,8 @@ type Tx interface {
 
 	// AppendAudit assigns e.Seq, e.PrevHash and e.Hash and stores e.
 	AppendAudit(ctx context.Context, e *AuditEvent) error
+
+	ConsoleSessionTx
 
 	// StorageUsage returns what the agent's stored permissions take: what
 	// the storage quota (Options.MaxStoredBytesPerAgent) measures. It is
