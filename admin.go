@@ -155,7 +155,8 @@ func (s *Service) UpdateAgent(ctx context.Context, p Principal, id AgentID, patc
 	})
 }
 
-// RotateAgentKey replaces an agent's key; the old one stops working at once.
+// RotateAgentKey replaces an agent's key; the old one stops working at once
+// on this Service, and within a second on others sharing the store.
 func (s *Service) RotateAgentKey(ctx context.Context, p Principal, id AgentID) (*Agent, Secret, error) {
 	if err := requireAdmin(p); err != nil {
 		return nil, "", err
@@ -191,6 +192,7 @@ func (s *Service) changeAgent(ctx context.Context, p Principal, id AgentID, typ 
 		e.AgentID = id
 		return tx.AppendAudit(ctx, e)
 	})
+	s.keys.invalidate()
 	return out, err
 }
 
@@ -204,6 +206,7 @@ func (s *Service) DeleteAgent(ctx context.Context, p Principal, id AgentID) erro
 		return err
 	}
 	now := s.clock()
+	defer s.keys.invalidate()
 	return s.store.Update(ctx, func(tx Tx) error {
 		if err := tx.DeleteAgent(ctx, id); err != nil {
 			return err
@@ -360,6 +363,7 @@ func (s *Service) changeUser(ctx context.Context, p Principal, id UserID, detail
 		out = u
 		return tx.AppendAudit(ctx, s.event(ctx, p, EventUserUpdate, now, details))
 	})
+	s.keys.invalidate()
 	return out, err
 }
 
@@ -373,6 +377,7 @@ func (s *Service) DeleteUser(ctx context.Context, p Principal, id UserID) error 
 		return Errorf(CodeConflict, "you cannot delete yourself")
 	}
 	now := s.clock()
+	defer s.keys.invalidate()
 	return s.store.Update(ctx, func(tx Tx) error {
 		if err := tx.DeleteUser(ctx, id); err != nil {
 			return err

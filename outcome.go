@@ -2,6 +2,7 @@ package agentotp
 
 import (
 	"context"
+	"errors"
 	"time"
 )
 
@@ -37,17 +38,29 @@ func (s *Service) RecordOutcome(ctx context.Context, p Principal, id PermissionI
 	if len(o.Error) > maxOutcomeError || !validText(o.Error) {
 		return ValidationError("error", "must be printable text of at most 200 bytes")
 	}
-	perm, err := s.load(ctx, p, id)
-	if err != nil {
-		return err
-	}
-	if spent := perm.Status == StatusUsed || perm.UsesRemaining < perm.Uses; perm.TokenHash == "" || !spent {
-		return Errorf(CodeConflict, "no use of this permission was spent")
+	if !id.Valid() {
+		return errNotFoundPermission
 	}
 	d := map[string]any{"success": o.Success, "durationMs": o.Duration.Milliseconds(), "resultBytes": o.ResultBytes}
 	if o.Error != "" {
 		d["error"] = o.Error
 	}
-	e := permEvent(s.event(ctx, p, EventToolResult, s.clock(), d), perm)
-	return s.store.Update(ctx, func(tx Tx) error { return tx.AppendAudit(ctx, e) })
+	now := s.clock()
+	// Nobody acts on an outcome record: let it share the next commit. The
+	// permission is read inside the write, where the writer has it at hand,
+	// rather than on a separate read before it.
+	ctx = WithCommitDelay(ctx, outcomeCommitDelay)
+	return s.store.Update(ctx, func(tx Tx) error {
+		perm, err := tx.Permission(ctx, id)
+		if errors.Is(err, ErrNotFound) || err == nil && perm.AgentID != p.Agent.ID {
+			return errNotFoundPermission
+		}
+		if err != nil {
+			return err
+		}
+		if spent := perm.Status == StatusUsed || perm.UsesRemaining < perm.Uses; perm.TokenHash == "" || !spent {
+			return Errorf(CodeConflict, "no use of this permission was spent")
+		}
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventToolResult, now, d), perm))
+	})
 }

@@ -58,6 +58,7 @@ type Service struct {
 	maxPending int
 	waitPoll   time.Duration
 	broker     *broker
+	keys       keyCache
 	watched    watchlist // pending requests announced to the notifier
 	// auditCursor is the audit seq reconcile has read up to.
 	auditCursor atomic.Int64
@@ -154,11 +155,17 @@ var (
 
 // Authenticate resolves an API key to a principal. Keys are looked up by
 // their SHA-256 and compared in constant time; disabled principals get 403.
+// A verified key is remembered for a second (see keyCacheTTL).
 func (s *Service) Authenticate(ctx context.Context, key string) (Principal, error) {
 	if !ValidKeyFormat(key) {
 		return Principal{}, Errorf(CodeUnauthorized, "invalid API key")
 	}
 	hash := HashSecret(key)
+	now := time.Now() // the cache ages in real time, whatever the clock says
+	if p, ok := s.keys.get(hash, now); ok && EqualHash(p.keyHash(), hash) {
+		return p, nil
+	}
+	gen := s.keys.gen.Load()
 	if key[:3] == AgentKeyPrefix {
 		a, err := s.store.AgentByKeyHash(ctx, hash)
 		if err != nil || !EqualHash(a.KeyHash, hash) {
@@ -167,6 +174,7 @@ func (s *Service) Authenticate(ctx context.Context, key string) (Principal, erro
 		if !a.Active {
 			return Principal{}, Errorf(CodeForbidden, "agent is disabled")
 		}
+		s.keys.put(hash, Principal{Agent: a}, gen, now)
 		return Principal{Agent: a}, nil
 	}
 	u, err := s.store.UserByKeyHash(ctx, hash)
@@ -176,6 +184,7 @@ func (s *Service) Authenticate(ctx context.Context, key string) (Principal, erro
 	if !u.Active {
 		return Principal{}, Errorf(CodeForbidden, "user is disabled")
 	}
+	s.keys.put(hash, Principal{User: u}, gen, now)
 	return Principal{User: u}, nil
 }
 

@@ -13,7 +13,8 @@ import (
 type Store interface {
 	// Update runs fn in one write transaction. fn's error rolls back.
 	// fn must not call Update again, and should read through its Tx: the
-	// store's own read methods see only committed state.
+	// store's own read methods see only committed state. An update made
+	// under WithCommitDelay may be held that long to share a commit.
 	Update(ctx context.Context, fn func(Tx) error) error
 
 	Permission(ctx context.Context, id PermissionID) (*Permission, error)

@@ -35,6 +35,8 @@ var (
 	permissionColumns = immutablePermissionColumns + ", " + strings.Join(mutablePermissionColumns, ", ")
 
 	selectPermission = `SELECT ` + permissionColumns + ` FROM permissions`
+	// selectIdempotency matches the partial index permissions_idempotency.
+	selectIdempotency = selectPermission + ` WHERE agent_id = ? AND idempotency_key = ? AND idempotency_key <> ''`
 
 	insertPermissionSQL = `INSERT INTO permissions (` + permissionColumns + `) VALUES (?` +
 		strings.Repeat(", ?", immutablePermissionCount-1+len(mutablePermissionColumns)) + `)`
@@ -291,8 +293,7 @@ func (t *tx) PermissionByIdempotencyKey(ctx context.Context, agent agentotp.Agen
 	if key == "" {
 		return nil, errNotFound("permission not found")
 	}
-	p, err := scanPermission(t.tx.QueryRowContext(ctx,
-		selectPermission+" WHERE agent_id = ? AND idempotency_key = ? AND idempotency_key <> ''", string(agent), key))
+	p, err := scanPermission(t.stmt(ctx, t.s.txIdempotency).QueryRowContext(ctx, string(agent), key))
 	return p, storeErr("read permission by idempotency key", err, permissionNotFound)
 }
 

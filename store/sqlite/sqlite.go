@@ -58,6 +58,7 @@ type Store struct {
 	lastAudit        *sql.Stmt
 	insertAudit      *sql.Stmt
 	txPermission     *sql.Stmt
+	txIdempotency    *sql.Stmt
 	storageUsage     *sql.Stmt
 	trail            *sql.Stmt
 
@@ -161,6 +162,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.writer, &s.lastAudit, lastAuditSQL},
 		{s.writer, &s.insertAudit, insertAuditSQL},
 		{s.writer, &s.txPermission, selectPermission + " WHERE id = ?"},
+		{s.writer, &s.txIdempotency, selectIdempotency},
 		{s.writer, &s.storageUsage, storageUsageSQL},
 		{s.writer, &s.trail, trailSQL},
 		{s.reader, &s.readPermission, selectPermission + " WHERE id = ?"},
@@ -191,7 +193,7 @@ func (s *Store) Close() error {
 		<-s.loopDone
 	}
 	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
-		s.txPermission, s.storageUsage, s.trail, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
+		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
 		if st != nil {
 			st.Close()
 		}
@@ -277,6 +279,10 @@ func (s *Store) writeLoop() {
 			return
 		}
 		batch = append(batch[:0], first)
+		closing := false
+		if d := agentotp.CommitDelay(first.ctx); d > 0 {
+			batch, closing = s.hold(batch, d)
+		}
 	gather:
 		for len(batch) < maxBatch {
 			select {
@@ -287,7 +293,33 @@ func (s *Store) writeLoop() {
 			}
 		}
 		s.runBatch(batch)
+		if closing {
+			return
+		}
 	}
+}
+
+// hold keeps a batch of background updates (agentotp.WithCommitDelay) open
+// for up to d, until an update someone waits on arrives to share its
+// commit, the batch is full, or the store closes (reported by closing: the
+// held batch still commits first).
+func (s *Store) hold(batch []*job, d time.Duration) (_ []*job, closing bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for len(batch) < maxBatch {
+		select {
+		case j := <-s.jobs:
+			batch = append(batch, j)
+			if agentotp.CommitDelay(j.ctx) == 0 {
+				return batch, false
+			}
+		case <-t.C:
+			return batch, false
+		case <-s.quit:
+			return batch, true
+		}
+	}
+	return batch, false
 }
 
 func (s *Store) runBatch(batch []*job) {
