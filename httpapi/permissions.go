@@ -56,19 +56,32 @@ func (s *Server) requestPermission(w http.ResponseWriter, r *http.Request, p age
 		}
 		req.Uses = *b.Uses
 	}
-	perm, token, err := s.svc.RequestPermission(r.Context(), p, req)
+	var (
+		perm  *agentotp.Permission
+		token agentotp.Secret
+		used  *agentotp.UseResult
+	)
+	if b.Use != nil {
+		perm, token, used, err = s.svc.RequestAndUse(r.Context(), p, req, b.Use.ActionDetails)
+	} else {
+		perm, token, err = s.svc.RequestPermission(r.Context(), p, req)
+	}
 	if err != nil {
 		s.fail(w, r, err)
 		return
 	}
 	status := http.StatusOK
-	switch perm.Status {
-	case agentotp.StatusApproved:
+	switch {
+	case perm.Status == agentotp.StatusApproved, used != nil:
 		status = http.StatusCreated
-	case agentotp.StatusPending:
+	case perm.Status == agentotp.StatusPending:
 		status = http.StatusAccepted
 	}
-	writeData(w, status, s.permissionView(perm, token, false))
+	v := s.permissionView(perm, token, false)
+	if used != nil {
+		v.Use = &useJSON{Success: used.Success, UsesRemaining: used.UsesRemaining, Reason: used.Reason}
+	}
+	writeData(w, status, v)
 }
 
 func parseWait(q string) (time.Duration, error) {

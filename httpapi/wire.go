@@ -27,6 +27,16 @@ type permissionRequestBody struct {
 	IdempotencyKey string         `json:"idempotencyKey"`
 	CallbackURL    string         `json:"callbackUrl"`
 	Tool           *toolBody      `json:"tool"`
+	// Use, when present, spends the first use at once if the policy
+	// approves at once, in the same transaction as the request.
+	Use *requestUseBody `json:"use"`
+}
+
+// requestUseBody is the first use asked together with a request: the
+// actionDetails a separate use would send (the token is the one being
+// issued).
+type requestUseBody struct {
+	ActionDetails map[string]any `json:"actionDetails"`
 }
 
 // toolBody is the MCP tool call a request is for. The server hashes args
@@ -92,6 +102,9 @@ type permissionJSON struct {
 	AgentID        string         `json:"agentId,omitempty"`
 	AgentName      string         `json:"agentName,omitempty"`
 	CreatedAt      string         `json:"createdAt"`
+	// Use is the outcome of the use asked with the request (its "use"
+	// field); absent when no use was attempted.
+	Use *useJSON `json:"use,omitempty"`
 }
 
 // decidedBy maps the domain's decider to the v0.1.1 vocabulary.

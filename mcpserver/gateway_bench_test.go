@@ -2,6 +2,7 @@ package mcpserver_test
 
 import (
 	"context"
+	"net/http/httptest"
 	"slices"
 	"strings"
 	"testing"
@@ -11,15 +12,18 @@ import (
 	"github.com/mark3labs/mcp-go/mcp"
 
 	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/clients/otpclient"
+	"github.com/agentotp/agentotp/httpapi"
 	"github.com/agentotp/agentotp/mcpserver"
 )
 
 // BenchmarkGatewayOverhead measures the latency the gateway adds to one
 // auto-approved tool call: the same call (echo, read-only, approved by the
 // policy) on the same downstream binary over stdio, once directly and once
-// through the gateway (embedded: agentotp.Service on SQLite in process;
-// request + use = two store transactions), alternating in one loop so both
-// see the same machine load. One iteration = one direct call + one gateway
+// through the gateway, alternating in one loop so both see the same machine
+// load. The gateway asks and spends an at-once approval in one store
+// transaction: embedded (agentotp.Service on SQLite in process), or remote
+// (through otpclient to the HTTP API over loopback TCP, one round trip). One iteration = one direct call + one gateway
 // call, each checked. Reported: the median of each (direct-ns/call,
 // gateway-ns/call) and their difference (added-ns/call), per store
 // durability (sync=FULL is the production default), and with an in-memory
@@ -29,10 +33,17 @@ import (
 //	go test -run '^$' -bench GatewayOverhead -benchtime 2000x ./mcpserver
 func BenchmarkGatewayOverhead(b *testing.B) {
 	bin := buildDownstream(b, b.TempDir())
-	for _, mode := range []string{"sync=FULL", "sync=NORMAL", "perms=memory"} {
+	for _, mode := range []string{"sync=FULL", "sync=NORMAL", "remote/sync=FULL", "perms=memory"} {
 		b.Run(mode, func(b *testing.B) {
 			var perms mcpserver.Permissions = approveAll{}
-			if sync, ok := strings.CutPrefix(mode, "sync="); ok {
+			if remote, ok := strings.CutPrefix(mode, "remote/sync="); ok {
+				// The gateway's server: mode, through otpclient to the
+				// HTTP API on a loopback listener.
+				e := newGWEnv(b, remote)
+				srv := httptest.NewServer(httpapi.New(e.svc, httpapi.Options{RateLimit: -1}))
+				b.Cleanup(srv.Close)
+				perms = otpclient.New(srv.URL, e.agentKey.Reveal())
+			} else if sync, ok := strings.CutPrefix(mode, "sync="); ok {
 				perms = newGWEnv(b, sync).perms()
 			}
 			_, gw := startGatewayAs(b, perms, "bench", mcpserver.GatewayOptions{Servers: []mcpserver.Downstream{{Name: "dst", Command: bin}}})

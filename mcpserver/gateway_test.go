@@ -61,6 +61,7 @@ func buildDownstream(tb testing.TB, dir string) string {
 type gwEnv struct {
 	svc      *agentotp.Service
 	agent    agentotp.Principal
+	agentKey agentotp.Secret
 	approver agentotp.Principal
 }
 
@@ -71,9 +72,9 @@ func newGWEnv(tb testing.TB, synchronous string) *gwEnv {
 	require.NoError(tb, err)
 	tb.Cleanup(func() { require.NoError(tb, store.Close()) })
 	e := &gwEnv{svc: agentotp.NewService(store, agentotp.Options{Evaluator: gatewayPolicy, PublicURL: "http://agentotp.test", WaitPoll: 20 * time.Millisecond})}
-	a, _, err := e.svc.CreateAgent(ctx, agentotp.SystemPrincipal, agentotp.AgentInput{Name: "gateway"})
+	a, key, err := e.svc.CreateAgent(ctx, agentotp.SystemPrincipal, agentotp.AgentInput{Name: "gateway"})
 	require.NoError(tb, err)
-	e.agent = agentotp.Principal{Agent: a}
+	e.agent, e.agentKey = agentotp.Principal{Agent: a}, key
 	u, _, err := e.svc.CreateUser(ctx, agentotp.SystemPrincipal, agentotp.UserInput{Name: "ann", Role: agentotp.RoleApprover})
 	require.NoError(tb, err)
 	e.approver = agentotp.Principal{User: u}

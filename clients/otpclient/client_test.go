@@ -1,9 +1,14 @@
 package otpclient_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
+	"net/http/httptest"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -598,4 +603,127 @@ func TestAuthorizeSpendMatchesAgentSession(t *testing.T) {
 			require.NoError(t, a.Spend(ctx, p.ID, tok, nil))
 		})
 	}
+}
+
+type spender interface {
+	authorizer
+	AuthorizeAndSpend(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration, details map[string]any) (*agentotp.Permission, agentotp.Secret, *agentotp.UseResult, error)
+}
+
+var (
+	_ spender = (*otpclient.Client)(nil)
+	_ spender = (*agentotp.AgentSession)(nil)
+)
+
+func TestAuthorizeAndSpendMatchesAgentSession(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	agent, err := e.svc.Store().Agent(ctx, agentotp.AgentID(e.agent.ID))
+	require.NoError(t, err)
+	impls := map[string]spender{
+		"client":  e.client(),
+		"session": e.svc.AgentSession(agentotp.Principal{Agent: agent}),
+	}
+	for name, a := range impls {
+		t.Run(name, func(t *testing.T) {
+			hi := map[string]any{"input": "hi"}
+			p, tok, used, err := a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "auto.x", Scope: hi}, 0, hi)
+			require.NoError(t, err)
+			require.Equal(t, &agentotp.UseResult{Success: true}, used)
+			require.Equal(t, agentotp.StatusUsed, p.Status)
+			require.Zero(t, p.UsesRemaining)
+			stored, err := e.svc.Store().Permission(ctx, p.ID)
+			require.NoError(t, err)
+			require.Equal(t, agentotp.StatusUsed, stored.Status, "spent in the request's own write")
+			require.ErrorIs(t, a.Spend(ctx, p.ID, tok, hi), agentotp.ErrConflict, "single use")
+
+			p, tok, used, err = a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "auto.x", Scope: hi, Uses: 2}, 0, hi)
+			require.NoError(t, err)
+			require.Equal(t, &agentotp.UseResult{Success: true, UsesRemaining: 1}, used)
+			require.Equal(t, agentotp.StatusApproved, p.Status)
+			require.Equal(t, 1, p.UsesRemaining)
+			require.NoError(t, a.Spend(ctx, p.ID, tok, hi), "the token keeps its remaining use")
+
+			p, tok, used, err = a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "auto.x", Scope: hi}, 0, map[string]any{"input": "other"})
+			require.NoError(t, err)
+			require.NotNil(t, used)
+			require.False(t, used.Success, "outside the scope: refused, nothing spent")
+			require.NotEmpty(t, used.Reason)
+			require.Equal(t, agentotp.StatusApproved, p.Status)
+			require.NoError(t, a.Spend(ctx, p.ID, tok, hi))
+
+			p, tok, used, err = a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "deny.x"}, time.Second, hi)
+			require.NoError(t, err)
+			require.Nil(t, used)
+			require.Equal(t, agentotp.StatusDenied, p.Status)
+			require.Empty(t, tok)
+
+			p, tok, used, err = a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "human.x"}, 200*time.Millisecond, hi)
+			require.NoError(t, err)
+			require.Nil(t, used, "pending: nothing spent")
+			require.Equal(t, agentotp.StatusPending, p.Status)
+			require.Empty(t, tok)
+
+			approved := make(chan struct{})
+			go func() { defer close(approved); e.approveWhenPending(t, "human.spend-"+name) }()
+			t.Cleanup(func() { <-approved })
+			p, tok, used, err = a.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "human.spend-" + name}, 10*time.Second, hi)
+			require.NoError(t, err)
+			require.Nil(t, used, "a human's approval is spent separately")
+			require.Equal(t, agentotp.StatusApproved, p.Status)
+			require.NoError(t, a.Spend(ctx, p.ID, tok, nil))
+		})
+	}
+}
+
+// A response lost after the server asked and spent: the client's retry
+// (same idempotency key) is answered from the first request and spends
+// nothing more.
+func TestAuthorizeAndSpendLostResponse(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	e.faults.add(fault{method: http.MethodPost, suffix: "/request", n: 1, status: 503, after: true})
+	c := e.client()
+	hi := map[string]any{"input": "hi"}
+	p, _, used, err := c.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "auto.lost", Scope: hi, IdempotencyKey: "lost-1"}, 0, hi)
+	require.NoError(t, err)
+	require.Equal(t, 2, e.faults.calls("POST /request"), "retried once")
+	require.Nil(t, used, "the retry does not spend again")
+	require.Equal(t, agentotp.StatusUsed, p.Status, "the first attempt's use stands")
+	events, err := e.svc.Store().AuditEvents(ctx, agentotp.AuditFilter{PermissionID: p.ID})
+	require.NoError(t, err)
+	uses := 0
+	for _, ev := range events {
+		if ev.Type == agentotp.EventUse {
+			uses++
+		}
+	}
+	require.Equal(t, 1, uses)
+}
+
+// Against a server that ignores the request's "use" (Agent OTP v0.1.1),
+// nothing is spent with the request and the caller spends as usual.
+func TestAuthorizeAndSpendOlderServer(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	strip := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if strings.HasSuffix(r.URL.Path, "/request") {
+			var body map[string]any
+			require.NoError(t, json.NewDecoder(r.Body).Decode(&body))
+			require.Contains(t, body, "use", "the client asks to spend with the request")
+			delete(body, "use")
+			b, err := json.Marshal(body)
+			require.NoError(t, err)
+			r.Body, r.ContentLength = io.NopCloser(bytes.NewReader(b)), int64(len(b))
+		}
+		e.faults.ServeHTTP(w, r)
+	}))
+	t.Cleanup(strip.Close)
+	c := otpclient.New(strip.URL, e.agent.APIKey, fast())
+	hi := map[string]any{"input": "hi"}
+	p, tok, used, err := c.AuthorizeAndSpend(ctx, agentotp.PermissionRequest{Action: "auto.old", Scope: hi}, 0, hi)
+	require.NoError(t, err)
+	require.Nil(t, used)
+	require.Equal(t, agentotp.StatusApproved, p.Status)
+	require.NoError(t, c.Spend(ctx, p.ID, tok, hi))
 }

@@ -115,6 +115,10 @@ type Permission struct {
 	Uses          int
 	UsesRemaining int
 	CreatedAt     time.Time
+
+	// spent is the outcome of a use asked together with the request
+	// (AuthorizeAndSpend); nil when none was attempted.
+	spent *agentotp.UseResult
 }
 
 // Approved reports whether the permission is approved and its token held.
@@ -131,6 +135,13 @@ type requestBody struct {
 	IdempotencyKey string         `json:"idempotencyKey,omitempty"`
 	CallbackURL    string         `json:"callbackUrl,omitempty"`
 	Tool           *toolBody      `json:"tool,omitempty"`
+	Use            *useRequest    `json:"use,omitempty"`
+}
+
+// useRequest asks the server to spend the first use in the request's own
+// transaction when the policy approves at once.
+type useRequest struct {
+	ActionDetails map[string]any `json:"actionDetails"`
 }
 
 type toolBody struct {
@@ -185,6 +196,13 @@ type permissionWire struct {
 	UsesRemaining  *int           `json:"usesRemaining"`
 	AgentID        string         `json:"agentId"`
 	CreatedAt      string         `json:"createdAt"`
+	Use            *useWire       `json:"use"`
+}
+
+type useWire struct {
+	Success       bool   `json:"success"`
+	UsesRemaining int    `json:"usesRemaining"`
+	Reason        string `json:"reason"`
 }
 
 func parseTime(s string) time.Time {
@@ -216,6 +234,9 @@ func (w *permissionWire) permission() *Permission {
 	}
 	if w.UsesRemaining != nil {
 		p.UsesRemaining = *w.UsesRemaining
+	}
+	if w.Use != nil {
+		p.spent = &agentotp.UseResult{Success: w.Use.Success, UsesRemaining: w.Use.UsesRemaining, Reason: w.Use.Reason}
 	}
 	if p.Scope == nil {
 		p.Scope = map[string]any{}
@@ -292,17 +313,29 @@ func (c *Client) RequestPermission(ctx context.Context, req Request, opts ...Req
 	for _, f := range opts {
 		f(&o)
 	}
-	body := requestBody{
+	return c.ask(ctx, req.body(), o)
+}
+
+func (req Request) body() requestBody {
+	return requestBody{
 		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
 		TTL: seconds(req.TTL), ApprovalTTL: seconds(req.ApprovalTTL), Uses: positive(req.Uses),
 		IdempotencyKey: req.IdempotencyKey, CallbackURL: req.CallbackURL, Tool: toolRequest(req.Tool),
 	}
+}
+
+// ask posts a request and follows its answer as RequestPermission
+// documents.
+func (c *Client) ask(ctx context.Context, body requestBody, o requestOptions) (*Permission, error) {
 	if body.IdempotencyKey == "" {
 		body.IdempotencyKey = newIdempotencyKey()
 	}
 	p, err := c.request(ctx, body)
 	if err != nil {
 		return nil, err
+	}
+	if p.spent != nil {
+		return p, nil // asked and spent at once (AuthorizeAndSpend)
 	}
 	switch p.Status {
 	case agentotp.StatusApproved:

@@ -17,19 +17,49 @@ import (
 // Tool guards (package tools, mcpserver) take either. req.Tool is sent
 // (without ArgsHash, which the server computes).
 func (c *Client) Authorize(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration) (*agentotp.Permission, agentotp.Secret, error) {
-	var opts []RequestOption
-	if wait > 0 {
-		opts = append(opts, Wait(wait))
-	}
-	p, err := c.RequestPermission(ctx, Request{
-		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
-		TTL: req.TTL, ApprovalTTL: req.ApprovalTTL, Uses: req.Uses, IdempotencyKey: req.IdempotencyKey,
-		Tool: req.Tool, CallbackURL: req.CallbackURL,
-	}, opts...)
-	if err != nil && !(p != nil && IsDecision(err)) {
+	p, err := c.authorize(ctx, req, wait, nil)
+	if err != nil {
 		return nil, "", err
 	}
 	return p.Domain(), p.Token, nil
+}
+
+// AuthorizeAndSpend is Authorize followed by Spend with details, like
+// agentotp.AgentSession.AuthorizeAndSpend: when the policy approves at once
+// the server spends the first use in the request's own transaction (one
+// round trip, one commit). used is nil when no use was attempted (pending,
+// denied, approved by a human during the wait, a retry answered from an
+// earlier request, or a server that does not spend with a request): then
+// Spend as usual if it is approved.
+func (c *Client) AuthorizeAndSpend(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration, details map[string]any) (*agentotp.Permission, agentotp.Secret, *agentotp.UseResult, error) {
+	if details == nil {
+		details = map[string]any{}
+	}
+	p, err := c.authorize(ctx, req, wait, &useRequest{ActionDetails: details})
+	if err != nil {
+		return nil, "", nil, err
+	}
+	return p.Domain(), p.Token, p.spent, nil
+}
+
+func (c *Client) authorize(ctx context.Context, req agentotp.PermissionRequest, wait time.Duration, use *useRequest) (*Permission, error) {
+	var o requestOptions
+	if wait > 0 {
+		Wait(wait)(&o)
+	}
+	body := Request{
+		Action: req.Action, Resource: req.Resource, Scope: req.Scope, Context: req.Context,
+		TTL: req.TTL, ApprovalTTL: req.ApprovalTTL, Uses: req.Uses, IdempotencyKey: req.IdempotencyKey,
+		Tool: req.Tool, CallbackURL: req.CallbackURL,
+	}.body()
+	body.Use = use
+	p, err := c.ask(ctx, body, o)
+	// A decision, or a retry answered with a permission already spent, is
+	// the permission's state, as AgentSession reports it: not an error.
+	if err != nil && !(p != nil && (IsDecision(err) || p.Status == agentotp.StatusUsed)) {
+		return nil, err
+	}
+	return p, nil
 }
 
 // Spend uses the token once, like agentotp.AgentSession.Spend. A refused use
