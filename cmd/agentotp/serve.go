@@ -23,6 +23,7 @@ import (
 	"github.com/agentotp/agentotp/notify/telegram"
 	"github.com/agentotp/agentotp/policy"
 	"github.com/agentotp/agentotp/store/sqlite"
+	"github.com/agentotp/agentotp/web"
 )
 
 // env is the process environment; tests replace it.
@@ -161,8 +162,10 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		cbKey      []byte
 		cbNotifier *callback.Notifier
 	)
+	// The console's live updates hear of requests like any notifier.
+	live := web.NewLive()
 	a, err := openApp(ctx, cfg, logger, publicURL, func(st *sqlite.Store, o *agentotp.Options) error {
-		fan := notify.Fanout{logNotifier}
+		fan := notify.Fanout{logNotifier, live}
 		if tg != nil {
 			fan = append(fan, tg)
 		}
@@ -206,6 +209,7 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 
 	api := httpapi.New(a.svc, httpapi.Options{Logger: logger, PublicURL: publicURL, RateLimit: cfg.RateLimit, Version: version, CallbackKey: cbKey})
 	mountMCP(api, a.svc, publicURL)
+	api.Handle("/ui/", web.New(a.svc, web.Options{Live: live, PublicURL: publicURL, Logger: logger}))
 	if tg != nil {
 		tg.Attach(a.svc)
 		if cfg.TelegramMode == telegram.ModeWebhook {
