@@ -179,7 +179,7 @@ func (s *Store) writeHead(sqlTx *sql.Tx, h *auditHead) error {
 	if key := s.auditKey; key != nil {
 		mac, keyID = key.HeadMAC(h.seq, h.hash), key.ID()
 	}
-	_, err := sqlTx.Exec(writeHeadSQL, h.seq, h.hash, mac, keyID)
+	_, err := sqlTx.Stmt(s.writeHeadStmt).Exec(h.seq, h.hash, mac, keyID)
 	return storeErr("write audit head", err)
 }
 

@@ -61,6 +61,10 @@ type Store struct {
 	txIdempotency    *sql.Stmt
 	storageUsage     *sql.Stmt
 	trail            *sql.Stmt
+	writeHeadStmt    *sql.Stmt
+	savepoint        *sql.Stmt
+	release          *sql.Stmt
+	rollbackTo       *sql.Stmt
 
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
@@ -165,6 +169,10 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.writer, &s.txIdempotency, selectIdempotency},
 		{s.writer, &s.storageUsage, storageUsageSQL},
 		{s.writer, &s.trail, trailSQL},
+		{s.writer, &s.writeHeadStmt, writeHeadSQL},
+		{s.writer, &s.savepoint, "SAVEPOINT job"},
+		{s.writer, &s.release, "RELEASE job"},
+		{s.writer, &s.rollbackTo, "ROLLBACK TO job"},
 		{s.reader, &s.readPermission, selectPermission + " WHERE id = ?"},
 		{s.reader, &s.agentByKeyHash, selectAgent + " WHERE key_hash = ? AND key_hash <> ''"},
 		{s.reader, &s.userByKeyHash, selectUser + " WHERE key_hash = ? AND key_hash <> ''"},
@@ -193,7 +201,7 @@ func (s *Store) Close() error {
 		<-s.loopDone
 	}
 	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
-		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
+		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.writeHeadStmt, s.savepoint, s.release, s.rollbackTo, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
 		if st != nil {
 			st.Close()
 		}
@@ -347,7 +355,7 @@ func (s *Store) runBatch(batch []*job) {
 			continue
 		}
 		if !single {
-			if _, err := sqlTx.Exec("SAVEPOINT job"); err != nil {
+			if _, err := sqlTx.Stmt(s.savepoint).Exec(); err != nil {
 				s.abort(sqlTx, results, storeErr("savepoint", err))
 				return
 			}
@@ -357,7 +365,7 @@ func (s *Store) runBatch(batch []*job) {
 		if results[i].err == nil && !results[i].panicked {
 			ok++
 			if !single {
-				if _, err := sqlTx.Exec("RELEASE job"); err != nil {
+				if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 					s.abort(sqlTx, results, storeErr("release savepoint", err))
 					return
 				}
@@ -369,11 +377,11 @@ func (s *Store) runBatch(batch []*job) {
 			return
 		}
 		*head = before // the job's appends are rolled back with it
-		if _, err := sqlTx.Exec("ROLLBACK TO job"); err != nil {
+		if _, err := sqlTx.Stmt(s.rollbackTo).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
 			return
 		}
-		if _, err := sqlTx.Exec("RELEASE job"); err != nil {
+		if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("release savepoint", err))
 			return
 		}

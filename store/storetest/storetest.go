@@ -576,11 +576,6 @@ func testUniqueness(t *testing.T, s agentotp.Store) {
 			q.ID = p.ID
 			return tx.CreatePermission(ctx, q)
 		},
-		"token hash": func(tx agentotp.Tx) error {
-			q, _ := approved(a.ID, 1, at(time.Hour))
-			q.TokenHash = p.TokenHash
-			return tx.CreatePermission(ctx, q)
-		},
 	}
 	for name, fn := range cases {
 		t.Run(name, func(t *testing.T) {
