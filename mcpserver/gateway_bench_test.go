@@ -3,6 +3,7 @@ package mcpserver_test
 import (
 	"context"
 	"net/http/httptest"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -21,14 +22,16 @@ import (
 // auto-approved tool call: the same call (echo, read-only, approved by the
 // policy) on the same downstream binary over stdio, once directly and once
 // through the gateway, alternating in one loop so both see the same machine
-// load. The gateway asks and spends an at-once approval in one store
-// transaction: embedded (agentotp.Service on SQLite in process), or remote
-// (through otpclient to the HTTP API over loopback TCP, one round trip). One iteration = one direct call + one gateway
-// call, each checked. Reported: the median of each (direct-ns/call,
-// gateway-ns/call) and their difference (added-ns/call), per store
-// durability (sync=FULL is the production default), and with an in-memory
-// approver instead of the service (perms=memory: the gateway's own cost,
-// without the permission's two transactions).
+// load. One iteration = one direct call + one gateway call, each checked.
+// Reported: the median of each (direct-ns/call, gateway-ns/call) and their
+// difference (added-ns/call).
+//
+// The gateway asks and spends an at-once approval in one store transaction:
+// embedded (agentotp.Service on SQLite in process; sync=FULL is the
+// production default), or remote (through otpclient to the HTTP API over
+// loopback TCP, one round trip: served in this process, or by `agentotp
+// serve` at $AGENTOTP_BENCH_SERVER with agent key $AGENTOTP_BENCH_KEY).
+// perms=memory approves in memory: the gateway's own cost.
 //
 //	go test -run '^$' -bench GatewayOverhead -benchtime 2000x ./mcpserver
 func BenchmarkGatewayOverhead(b *testing.B) {
@@ -43,6 +46,11 @@ func BenchmarkGatewayOverhead(b *testing.B) {
 				srv := httptest.NewServer(httpapi.New(e.svc, httpapi.Options{RateLimit: -1}))
 				b.Cleanup(srv.Close)
 				perms = otpclient.New(srv.URL, e.agentKey.Reveal())
+				if url := os.Getenv("AGENTOTP_BENCH_SERVER"); url != "" {
+					// A real `agentotp serve` in its own process, with
+					// the example gateway policy and an agent "gateway".
+					perms = otpclient.New(url, os.Getenv("AGENTOTP_BENCH_KEY"))
+				}
 			} else if sync, ok := strings.CutPrefix(mode, "sync="); ok {
 				perms = newGWEnv(b, sync).perms()
 			}
