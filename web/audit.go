@@ -58,34 +58,73 @@ type chainStatus struct {
 	BadSeq  int64
 	Reason  string
 	At, Ago string
+	// Running is set while a verification runs in the background.
+	Running bool
 }
 
-// verifyCache keeps the last verification: it reads the whole trail, so
-// pages show its result for a while rather than running it on every view.
+// verifyCache keeps the last verification. It reads the whole trail, so it
+// runs in the background, at most one at a time, and pages show its latest
+// result: a long trail never holds up a page.
 type verifyCache struct {
-	mu     sync.Mutex
-	report agentotp.AuditReport
-	at     time.Time
+	mu      sync.Mutex
+	report  agentotp.AuditReport
+	err     error
+	at      time.Time
+	running chan struct{} // closed when the running verification ends
 }
 
-// verifyMaxAge is how long a verification stands before a page view runs
-// a new one.
-const verifyMaxAge = 5 * time.Minute
+// Verification timing: a result stands for verifyMaxAge; a page waits up
+// to verifyWait for a run it started, which covers small trails.
+const (
+	verifyMaxAge  = 5 * time.Minute
+	verifyWait    = 2 * time.Second
+	verifyTimeout = 5 * time.Minute
+)
 
-func (c *Console) chain(ctx context.Context, p agentotp.Principal, force bool) (chainStatus, error) {
+// chain returns the chain's verification status, starting a new run when
+// the last is older than verifyMaxAge or force is set.
+func (c *Console) chain(ctx context.Context, p agentotp.Principal, force bool) chainStatus {
 	c.verify.mu.Lock()
-	defer c.verify.mu.Unlock() // one verification at a time
 	now := c.svc.Now()
-	if force || c.verify.at.IsZero() || now.Sub(c.verify.at) > verifyMaxAge {
-		rep, err := c.svc.VerifyAudit(ctx, p)
-		if err != nil {
-			return chainStatus{}, err
+	if c.verify.running == nil && (force || c.verify.at.IsZero() || now.Sub(c.verify.at) > verifyMaxAge) {
+		done := make(chan struct{})
+		c.verify.running = done
+		go func() {
+			vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), verifyTimeout)
+			defer cancel()
+			rep, err := c.svc.VerifyAudit(vctx, p)
+			if err != nil {
+				c.log.Error("audit verification from the console failed", "err", err)
+			}
+			c.verify.mu.Lock()
+			c.verify.report, c.verify.err, c.verify.at, c.verify.running = rep, err, c.svc.Now(), nil
+			c.verify.mu.Unlock()
+			close(done)
+		}()
+	}
+	running := c.verify.running
+	c.verify.mu.Unlock()
+	if running != nil {
+		select {
+		case <-running:
+		case <-time.After(verifyWait):
+		case <-ctx.Done():
 		}
-		c.verify.report, c.verify.at = rep, now
+	}
+
+	c.verify.mu.Lock()
+	defer c.verify.mu.Unlock()
+	st := chainStatus{Running: c.verify.running != nil}
+	if c.verify.at.IsZero() {
+		return st
 	}
 	rep := c.verify.report
-	return chainStatus{Checked: true, OK: rep.OK, Events: rep.Checked, BadSeq: rep.BadSeq, Reason: rep.Reason,
-		At: stamp(c.verify.at), Ago: ago(now, c.verify.at)}, nil
+	st.Checked, st.OK, st.Events, st.BadSeq, st.Reason = true, rep.OK, rep.Checked, rep.BadSeq, rep.Reason
+	if c.verify.err != nil {
+		st.OK, st.Reason = false, "the verification could not finish: "+sentence(c.verify.err)
+	}
+	st.At, st.Ago = stamp(c.verify.at), ago(c.svc.Now(), c.verify.at)
+	return st
 }
 
 func (c *Console) audit(w http.ResponseWriter, r *http.Request, s *signedIn) {
@@ -95,12 +134,7 @@ func (c *Console) audit(w http.ResponseWriter, r *http.Request, s *signedIn) {
 	v := &auditPage{base: c.base(s, "Audit trail", "audit"), Types: agentotp.EventTypes}
 	v.Filter = auditFilter{Agent: strings.TrimSpace(q.Get("agent")), Action: strings.TrimSpace(q.Get("action")),
 		Type: q.Get("type"), From: q.Get("from"), To: q.Get("to"), Permission: strings.TrimSpace(q.Get("permission"))}
-	chain, err := c.chain(ctx, s.p, q.Get("verify") == "1")
-	if err != nil {
-		c.fail(w, r, s, err)
-		return
-	}
-	v.Chain = chain
+	v.Chain = c.chain(ctx, s.p, q.Get("verify") == "1")
 
 	f, err := c.auditQuery(ctx, v.Filter)
 	if err != nil {

@@ -110,9 +110,6 @@ func New(svc *agentotp.Service, opts Options) *Console {
 	return c
 }
 
-// Live returns the notifier that feeds the pages' live updates.
-func (c *Console) Live() *Live { return c.live }
-
 // contentSecurityPolicy allows the console's own stylesheet, script and
 // icon, fetches and event streams to itself, forms posting to itself, and
 // nothing else: no inline script or style, no plugins, no framing.

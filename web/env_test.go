@@ -40,7 +40,7 @@ func (c *fakeClock) Add(d time.Duration) {
 
 // env is a console over a real SQLite store, served by httptest.
 type env struct {
-	t        *testing.T
+	t        testing.TB
 	ctx      context.Context
 	svc      *agentotp.Service
 	console  *web.Console
@@ -68,7 +68,7 @@ func testPolicy(_ context.Context, in agentotp.EvalInput) (agentotp.Decision, er
 
 type envOption func(*agentotp.Options, *web.Options)
 
-func newEnv(t *testing.T, opts ...envOption) *env {
+func newEnv(t testing.TB, opts ...envOption) *env {
 	t.Helper()
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "agentotp.db")
@@ -219,7 +219,7 @@ func (b *browser) decide(id agentotp.PermissionID, verb string, form url.Values)
 }
 
 // brokeChain edits the first audit event behind the store's back.
-func brokeChain(t *testing.T, e *env) {
+func brokeChain(t testing.TB, e *env) {
 	t.Helper()
 	db, err := sql.Open("sqlite", e.dbPath)
 	require.NoError(t, err)

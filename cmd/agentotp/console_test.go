@@ -208,6 +208,27 @@ func TestConsoleInBrowser(t *testing.T) {
 	require.True(t, errors.Is(res.err, otpclient.ErrDenied), "%v", res.err)
 	require.Equal(t, "one was enough", res.perm.Reason)
 
+	// On a phone: one column, and long values wrap instead of widening
+	// the page.
+	long, err := agent.RequestPermission(ctx, otpclient.Request{Action: "s3.put",
+		Resource: "s3://bucket/" + strings.Repeat("x", 900),
+		Scope:    map[string]any{"key": strings.Repeat("k", 2000)}, Context: map[string]any{"reason": strings.Repeat("why", 300)}})
+	require.NoError(t, err)
+	for _, path := range []string{"/ui/", "/ui/requests/" + long.ID} {
+		require.NoError(t, chromedp.Do(tab,
+			chromedp.EmulateViewport(390, 844),
+			chromedp.Navigate(url+path),
+			chromedp.WaitVisible(chromedp.ID("live")),
+		))
+		fits, err := chromedp.Run(tab, chromedp.Evaluate[bool](`document.documentElement.scrollWidth <= window.innerWidth`))
+		require.NoError(t, err)
+		require.True(t, fits, "%s scrolls sideways on a phone", path)
+	}
+	columns, err := chromedp.Run(tab, chromedp.Evaluate[string](`getComputedStyle(document.querySelector('dl.facts')).gridTemplateColumns`))
+	require.NoError(t, err)
+	require.NotContains(t, strings.TrimSpace(columns), " ", "one column under 600 px: %q", columns)
+	require.NoError(t, chromedp.Do(tab, chromedp.ResetViewport()))
+
 	// Sign out: the old cookie signs nobody in any more.
 	cookies, err := chromedp.Call(tab, network.GetCookies, network.GetCookiesParams{})
 	require.NoError(t, err)
