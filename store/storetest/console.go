@@ -10,8 +10,8 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// RunConsoleSessions runs the console-session part of the contract, each
-// subtest on its own fresh store.
+// RunConsoleSessions runs the console-session part of the contract (Run
+// includes it), each subtest on its own fresh store.
 func RunConsoleSessions(t *testing.T, open Opener) {
 	tests := []struct {
 		name string

@@ -59,6 +59,7 @@ func Run(t *testing.T, open Opener) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
 	}
+	t.Run("ConsoleSessions", func(t *testing.T) { RunConsoleSessions(t, open) })
 }
 
 // RunTwoStores checks stores that share one database, as two processes on
