@@ -1,12 +1,15 @@
 package agentotp_test
 
 import (
+	"context"
+	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/store/sqlite"
 )
 
 // signIn opens a console session for a new approver.
@@ -210,4 +213,29 @@ func TestMayDecide(t *testing.T) {
 			require.Equal(t, tc.want, f.svc.MayDecide(tc.p, tc.perm))
 		})
 	}
+}
+
+// Sessions live in the store: a restarted server (a new Service on the same
+// database) still honours them.
+func TestConsoleSessionSurvivesARestart(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "agentotp.db")
+	start := func() (*sqlite.Store, *agentotp.Service) {
+		st, err := sqlite.Open(ctx, path, sqlite.Options{Synchronous: "NORMAL"})
+		require.NoError(t, err)
+		return st, agentotp.NewService(st, agentotp.Options{})
+	}
+	st, svc := start()
+	key := agentotp.NewUserKey()
+	_, err := svc.EnsureAdmin(ctx, key)
+	require.NoError(t, err)
+	secret, p, err := svc.OpenConsoleSession(ctx, key.Reveal())
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	st, svc = start()
+	defer st.Close()
+	got, err := svc.ResumeConsoleSession(ctx, secret, true)
+	require.NoError(t, err)
+	require.Equal(t, p.User.ID, got.User.ID)
 }
