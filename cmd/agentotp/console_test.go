@@ -128,6 +128,8 @@ func TestConsoleInBrowser(t *testing.T) {
 		chromedp.SendKeys(chromedp.ID("key"), ann.APIKey),
 		chromedp.Submit(chromedp.ID("sign-in")),
 		chromedp.WaitVisible(chromedp.ID("nothing-pending")),
+		// The page listens for live updates before anything is asked.
+		chromedp.WaitReady(chromedp.CSS(`body[data-live-state="open"]`)),
 	))
 	noCSPViolations(t, tab)
 	// A mark on this page: gone if the page reloads.

@@ -53,6 +53,10 @@
   source.addEventListener('open', function () {
     if (opened) { refresh(); } // events may have been missed while reconnecting
     opened = true;
+    body.setAttribute('data-live-state', 'open');
+  });
+  source.addEventListener('error', function () {
+    body.setAttribute('data-live-state', 'reconnecting');
   });
   ['pending', 'resolved', 'changed'].forEach(function (type) {
     source.addEventListener(type, function (e) { if (concerns(e)) { refresh(); } });
