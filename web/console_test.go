@@ -623,3 +623,24 @@ func TestLiveEvents(t *testing.T) {
 func unescape(s string) string {
 	return strings.NewReplacer("&#34;", `"`, "&#39;", "'", "&lt;", "<", "&gt;", ">", "&amp;", "&").Replace(s)
 }
+
+func TestLiveStreamsPerPersonAreBounded(t *testing.T) {
+	e := newEnv(t)
+	b := e.signIn(e.adminKey)
+	ctx, cancel := context.WithCancel(e.ctx)
+	defer cancel()
+	open := func() int {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, e.srv.URL+"/ui/events", nil)
+		require.NoError(t, err)
+		req.AddCookie(b.cookie)
+		res, err := client.Do(req)
+		require.NoError(t, err)
+		t.Cleanup(func() { res.Body.Close() })
+		return res.StatusCode
+	}
+	for range 16 {
+		require.Equal(t, http.StatusOK, open())
+	}
+	require.Equal(t, http.StatusTooManyRequests, open())
+	require.Equal(t, http.StatusUnauthorized, e.visitor().get("/ui/events").status)
+}
