@@ -128,9 +128,6 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.live.unsubscribe(sub)
 	rc := http.NewResponseController(w)
-	// The server's ReadTimeout would otherwise end the stream (and cancel
-	// its context) that long after it began.
-	_ = rc.SetReadDeadline(time.Time{})
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("X-Accel-Buffering", "no")
