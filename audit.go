@@ -16,7 +16,7 @@ type EventType string
 
 const (
 	EventRequest        EventType = "request"         // an agent asked; details hold the policy decision
-	EventApprove        EventType = "approve"         // approved, by policy or by a human (with who)
+	EventApprove        EventType = "approve"         // approved, by policy or by a human (with who); a policy's approval holds its token's issue too
 	EventDeny           EventType = "deny"            // denied, by policy or by a human
 	EventVote           EventType = "vote"            // one approval toward a quorum
 	EventDecideRejected EventType = "decide_rejected" // a decision attempt that lost or was not allowed

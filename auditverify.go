@@ -136,6 +136,10 @@ func (t *PermissionTrail) Apply(e *AuditEvent) {
 		}
 	case EventApprove:
 		t.Status = StatusApproved
+		if n, ok := grantedUses(e); ok {
+			t.TokenIssued, t.TokenRef = true, e.TokenRef
+			t.UsesKnown, t.Uses, t.UsesRemaining = true, n, n
+		}
 	case EventDeny:
 		t.Status = StatusDenied
 	case EventRevoke:
@@ -156,6 +160,33 @@ func (t *PermissionTrail) Apply(e *AuditEvent) {
 			}
 		}
 	}
+}
+
+// IssuesToken reports whether e hands out a token: a token_issue, or a
+// policy's approval that issued its token in the same event.
+func (e *AuditEvent) IssuesToken() bool {
+	if e.Type == EventTokenIssue {
+		return true
+	}
+	_, ok := grantedUses(e)
+	return ok
+}
+
+// grantedUses reads the uses of the token an approve event issued: the
+// "token" object a policy's approval carries.
+func grantedUses(e *AuditEvent) (int, bool) {
+	if e.Type != EventApprove {
+		return 0, false
+	}
+	d := e.Details
+	if d == nil && len(e.DetailsJSON) > 0 {
+		_ = json.Unmarshal(e.DetailsJSON, &d)
+	}
+	tok, ok := d["token"].(map[string]any)
+	if !ok {
+		return 0, false
+	}
+	return detailInt(&AuditEvent{Details: tok}, "uses")
 }
 
 // TrailEventTypes are the event types that move a permission's state, the
@@ -225,6 +256,19 @@ func (t *PermissionTrail) RefuseIssue() string {
 	case t.Events == 0:
 		return "no audit event records its request"
 	case t.Status != "" && t.Status != StatusApproved:
+		return fmt.Sprintf("its audit events say %s", t.Status)
+	}
+	return ""
+}
+
+// RefuseGrant says why an approval that issues its token at once must not
+// be recorded for a permission with this trail, or "": it follows the
+// request alone.
+func (t *PermissionTrail) RefuseGrant() string {
+	switch {
+	case t.Events == 0:
+		return "no audit event records its request"
+	case t.Status != StatusPending:
 		return fmt.Sprintf("its audit events say %s", t.Status)
 	}
 	return ""

@@ -113,7 +113,7 @@ func TestRequestAndUseInOneStep(t *testing.T) {
 	for _, e := range events {
 		types = append(types, e.Type)
 	}
-	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove, agentotp.EventTokenIssue, agentotp.EventUse}, types)
+	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove, agentotp.EventUse}, types)
 
 	perm, _, used, err = f.svc.RequestAndUse(f.ctx, a, req, map[string]any{"n": 5.0})
 	require.NoError(t, err)

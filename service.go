@@ -380,9 +380,13 @@ func (s *Service) newPermission(ctx context.Context, p Principal, req Permission
 		perm.TokenExpiresAt = now.Add(perm.TokenTTL)
 		perm.UsesRemaining = perm.Uses
 		perm.TokenHash, perm.TokenIssuedAt = token.Hash(), now
-		events = append(events,
-			permEvent(s.event(ctx, p, EventApprove, now, map[string]any{"decidedBy": "policy", "rule": d.Rule, "scope": perm.GrantedScope}), perm),
-			permEvent(s.event(ctx, p, EventTokenIssue, now, tokenDetails(perm, "response")), perm))
+		// One decision, one event: the approval carries the token it
+		// issued (what a token_issue would say), so an auto-approved
+		// request costs two audit rows, not three.
+		events = append(events, permEvent(s.event(ctx, p, EventApprove, now, map[string]any{
+			"decidedBy": "policy", "rule": d.Rule, "scope": perm.GrantedScope,
+			"token": map[string]any{"expiresAt": perm.TokenExpiresAt.UTC().Format(time.RFC3339Nano), "uses": perm.Uses, "delivery": "response"},
+		}), perm))
 	case EffectDeny:
 		perm.Status = StatusDenied
 		perm.DecidedBy, perm.DecidedAt = "policy", now
@@ -532,7 +536,9 @@ func (s *Service) GetPermission(ctx context.Context, p Principal, id PermissionI
 		}
 	}
 	now := s.clock()
-	if p.IsAgent() && perm.TokenPending() && !perm.Due(now) {
+	// A caller that left during the wait would lose the token with the
+	// answer it never reads: leave it for the next read.
+	if p.IsAgent() && perm.TokenPending() && !perm.Due(now) && ctx.Err() == nil {
 		return s.deliver(ctx, p, perm.ID, now)
 	}
 	return perm.Effective(now), "", nil

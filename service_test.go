@@ -156,7 +156,7 @@ func TestTokenBinding(t *testing.T) {
 	require.False(t, res.Success)
 	require.Equal(t, agentotp.ReasonRevoked, res.Reason)
 	// Every refusal is audited and spent nothing.
-	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove, agentotp.EventTokenIssue,
+	require.Equal(t, []agentotp.EventType{agentotp.EventRequest, agentotp.EventApprove,
 		agentotp.EventUseRejected, agentotp.EventRevoke, agentotp.EventUseRejected}, f.events(permA2.ID))
 }
 

@@ -55,7 +55,7 @@ func TestCrossAgentAccess(t *testing.T) {
 	var p permView
 	e.do("GET", "/api/v1/permissions/"+pendB.ID, b.Key, nil).data(t, http.StatusOK, &p)
 	require.Equal(t, "pending", p.Status)
-	require.Equal(t, []string{"request", "approve", "token_issue"}, eventTypes(e.auditOf(grantB.ID)))
+	require.Equal(t, []string{"request", "approve"}, eventTypes(e.auditOf(grantB.ID)))
 	require.Equal(t, []string{"request"}, eventTypes(e.auditOf(pendB.ID)))
 }
 

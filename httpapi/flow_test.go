@@ -201,7 +201,7 @@ func TestTokenBinding(t *testing.T) {
 		var got permView
 		e.do("GET", "/api/v1/permissions/"+p.ID, a.Key, nil).data(t, http.StatusOK, &got)
 		require.Equal(t, "expired", got.Status)
-		require.Equal(t, []string{"request", "approve", "token_issue", "use", "use_rejected"}, eventTypes(e.auditOf(p.ID)))
+		require.Equal(t, []string{"request", "approve", "use", "use_rejected"}, eventTypes(e.auditOf(p.ID)))
 	})
 
 	t.Run("human-approved token expiry counts from the decision", func(t *testing.T) {

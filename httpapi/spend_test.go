@@ -29,7 +29,7 @@ func TestRequestWithUse(t *testing.T) {
 	v := ask(map[string]any{"action": "auto.send", "scope": scope, "use": map[string]any{"actionDetails": map[string]any{"emails": 1}}}, http.StatusCreated)
 	require.Equal(t, "used", v.Status)
 	require.Equal(t, &useView{Success: true}, v.Use)
-	require.Equal(t, []string{"request", "approve", "token_issue", "use"}, eventTypes(e.auditOf(v.ID)))
+	require.Equal(t, []string{"request", "approve", "use"}, eventTypes(e.auditOf(v.ID)))
 	require.False(t, e.use(a.Key, v.ID, v.Token, map[string]any{"emails": 1}).Success, "single use")
 
 	v = ask(map[string]any{"action": "auto.send", "scope": scope, "uses": 2, "use": map[string]any{"actionDetails": map[string]any{"emails": 1}}}, http.StatusCreated)
@@ -42,7 +42,7 @@ func TestRequestWithUse(t *testing.T) {
 	require.Equal(t, "approved", v.Status, "a refused use spends nothing")
 	require.False(t, v.Use.Success)
 	require.NotEmpty(t, v.Use.Reason)
-	require.Equal(t, []string{"request", "approve", "token_issue", "use_rejected"}, eventTypes(e.auditOf(v.ID)))
+	require.Equal(t, []string{"request", "approve", "use_rejected"}, eventTypes(e.auditOf(v.ID)))
 
 	v = ask(map[string]any{"action": "human.send", "use": map[string]any{}}, http.StatusAccepted)
 	require.Equal(t, "pending", v.Status)

@@ -656,6 +656,9 @@ func TestClientLeavingMidWaitCanComeBack(t *testing.T) {
 	req.Params.Name, req.Params.Arguments = "get_permission", map[string]any{"id": id, "wait_seconds": 30}
 	_, err := c.CallTool(ctx, req)
 	require.Error(t, err, "the client gave up")
+	// The decision comes later: after the server has seen the client go
+	// (a decision racing the disconnect may go out in the lost answer).
+	time.Sleep(200 * time.Millisecond)
 
 	_, err = e.svc.Decide(context.Background(), e.approver, agentotp.PermissionID(id), agentotp.DecideInput{Approved: true})
 	require.NoError(t, err)

@@ -28,8 +28,9 @@ const lastAuditSQL = `SELECT coalesce(e.seq, 0), coalesce(e.hash, ''), coalesce(
 const insertAuditSQL = `INSERT INTO audit_events (` + auditColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // trailSQL reads, for the trail check at token issue and use, a
-// permission's stored state, its latest state-moving event and its latest
-// token_issue, in one statement. Each subquery walks the permission's own
+// permission's stored state, its latest state-moving event and the latest
+// event that issued it a token (a token_issue, or a policy's approval
+// carrying its token), in one statement. Each subquery walks the permission's own
 // events backwards by index (without INDEXED BY the planner may pick the
 // type index and scan every event of those types); the numbers the trail
 // needs are read from the details in SQL, so no details are decoded here.
@@ -41,9 +42,10 @@ var trailSQL = `SELECT p.status, p.uses_remaining, coalesce(p.token_hash, ''),
 		FROM audit_events INDEXED BY audit_events_permission
 		WHERE permission_id = ?1 AND type IN ('` + strings.Join(eventTypeNames(agentotp.TrailEventTypes), "', '") + `')
 		ORDER BY seq DESC LIMIT 1) AS s ON 1
-	LEFT JOIN (SELECT seq, token_ref, ` + detailIntSQL("uses") + ` AS uses
+	LEFT JOIN (SELECT seq, token_ref, coalesce(` + detailIntSQL("uses") + `, ` + detailIntSQL("token.uses") + `) AS uses
 		FROM audit_events INDEXED BY audit_events_permission
-		WHERE permission_id = ?1 AND type = '` + string(agentotp.EventTokenIssue) + `'
+		WHERE permission_id = ?1 AND (type = '` + string(agentotp.EventTokenIssue) + `'
+			OR type = '` + string(agentotp.EventApprove) + `' AND json_type(details_json, '$.token') = 'object')
 		ORDER BY seq DESC LIMIT 1) AS i ON 1
 	WHERE p.id = ?1`
 
@@ -113,7 +115,7 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	if err := e.SealDetails(); err != nil {
 		return agentotp.ValidationError("details", "cannot be encoded")
 	}
-	if e.PermissionID != "" && (e.Type == agentotp.EventUse || e.Type == agentotp.EventTokenIssue) {
+	if e.PermissionID != "" && (e.Type == agentotp.EventUse || e.IssuesToken()) {
 		if err := t.checkTrail(ctx, e); err != nil {
 			return err
 		}
@@ -216,8 +218,12 @@ func (t *tx) checkTrail(ctx context.Context, e *agentotp.AuditEvent) error {
 	key := t.s.auditKey
 	var why string
 	switch e.Type {
-	case agentotp.EventTokenIssue:
-		why = trail.RefuseIssue()
+	case agentotp.EventTokenIssue, agentotp.EventApprove: // an approve here issues its token
+		if e.Type == agentotp.EventApprove {
+			why = trail.RefuseGrant()
+		} else {
+			why = trail.RefuseIssue()
+		}
 		if why == "" && key != nil && tokenHash != "" {
 			e.TokenRef = key.TokenRef(tokenHash)
 		}

@@ -1688,6 +1688,7 @@ func RunKeyedAudit(t *testing.T, open KeyedOpener) {
 		{"TokenIssueRecordsToken", testTokenRef},
 		{"UseHeldToTrail", testUseHeldToTrail},
 		{"IssueHeldToTrail", testIssueHeldToTrail},
+		{"GrantHeldToTrail", testGrantHeldToTrail},
 		{"SnapshotIsConsistent", testAuditSnapshot},
 	}
 	for _, tc := range tests {
@@ -1839,6 +1840,42 @@ func testIssueHeldToTrail(t *testing.T, s agentotp.Store, _ *agentotp.AuditKey) 
 	})
 	require.ErrorIs(t, err, agentotp.ErrConflict)
 	require.ErrorContains(t, err, "its audit events say denied")
+}
+
+// A policy's approval issues its token in the same event ("token" in the
+// approve's details): it is held to the trail like a token_issue, records
+// the token, and the uses that follow are held to it.
+func testGrantHeldToTrail(t *testing.T, s agentotp.Store, key *agentotp.AuditKey) {
+	ctx := context.Background()
+	agent := createAgent(t, s, "granted")
+	p, _ := approved(agent.ID, 2, at(time.Hour))
+	grant := permEvent(2, agentotp.EventApprove, p, map[string]any{"decidedBy": "policy", "token": map[string]any{"uses": 2}})
+	update(t, s, func(tx agentotp.Tx) error {
+		if err := tx.CreatePermission(ctx, p); err != nil {
+			return err
+		}
+		if err := tx.AppendAudit(ctx, permEvent(1, agentotp.EventRequest, p, map[string]any{"uses": 2})); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, grant)
+	})
+	require.True(t, grant.IssuesToken())
+	require.True(t, key.VerifyTokenRef(p.TokenHash, grant.TokenRef), "the approval records the token it issued")
+	require.NoError(t, spendAndRecord(s, p))
+	require.NoError(t, spendAndRecord(s, p))
+	err := spendAndRecord(s, p)
+	require.ErrorIs(t, err, agentotp.ErrConflict, "two uses were granted")
+
+	// A second grant on a permission its events already approved.
+	q, _ := trailed(t, s, 1)
+	err = s.Update(ctx, func(tx agentotp.Tx) error {
+		return tx.AppendAudit(ctx, permEvent(4, agentotp.EventApprove, q, map[string]any{"token": map[string]any{"uses": 1}}))
+	})
+	require.ErrorIs(t, err, agentotp.ErrConflict)
+	require.ErrorContains(t, err, "its audit events say approved")
+
+	// A plain approval (a person's) issues nothing and is not held.
+	require.False(t, permEvent(5, agentotp.EventApprove, q, map[string]any{"decidedBy": "user"}).IssuesToken())
 }
 
 func testAuditSnapshot(t *testing.T, s agentotp.Store, _ *agentotp.AuditKey) {
