@@ -48,6 +48,7 @@ var EventTypes = []EventType{
 	EventUserCreate, EventUserUpdate, EventUserDelete,
 	EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete, EventPolicyReload, EventPolicyError,
 	EventToolResult, EventPrune,
+	EventConsoleSignIn, EventConsoleSignOut, EventConsoleSignInRejected,
 }
 
 // Valid reports whether t is a known event type.

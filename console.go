@@ -69,12 +69,6 @@ const (
 	EventConsoleSignInRejected EventType = "console_sign_in_rejected"
 )
 
-func init() {
-	// Declared with the console they belong to; filters accept them like
-	// every other type.
-	EventTypes = append(EventTypes, EventConsoleSignIn, EventConsoleSignOut, EventConsoleSignInRejected)
-}
-
 var (
 	errBadConsoleKey  = Errorf(CodeUnauthorized, "invalid key")
 	errNoConsole      = Errorf(CodeUnauthorized, "not signed in")

@@ -13,8 +13,10 @@ import (
 // approver's scopeModifications. It never widens: for a key present in both,
 // numbers take the smaller, lists intersect (keeping base's order), booleans
 // AND, objects narrow recursively, and any other value takes the limit's.
-// Keys only in limits are added (a new constraint); keys only in base stay.
-// Neither input is modified.
+// A blocked_<x> list is the exception: it lists what is forbidden, so it
+// narrows by growing — the two lists unite (base's entries first); an
+// intersection would lift the limit's blocks. Keys only in limits are added
+// (a new constraint); keys only in base stay. Neither input is modified.
 func NarrowScope(base, limits map[string]any) map[string]any {
 	out := make(map[string]any, len(base)+len(limits))
 	for k, v := range base {
@@ -22,13 +24,34 @@ func NarrowScope(base, limits map[string]any) map[string]any {
 	}
 	for k, lim := range limits {
 		cur, ok := base[k]
-		if !ok {
+		switch {
+		case !ok:
 			out[k] = lim
-			continue
+		case strings.HasPrefix(k, "blocked_"):
+			out[k] = unionBlocked(cur, lim)
+		default:
+			out[k] = narrowValue(cur, lim)
 		}
-		out[k] = narrowValue(cur, lim)
 	}
 	return out
+}
+
+// unionBlocked joins two blocked_ lists. Anything but two lists keeps the
+// limit's value: a blocked_ that is not a list fails every check of the
+// details it applies to (see CheckDetails), which is closed, not open.
+func unionBlocked(cur, lim any) any {
+	c, ok1 := cur.([]any)
+	l, ok2 := lim.([]any)
+	if !ok1 || !ok2 {
+		return lim
+	}
+	res := append([]any{}, c...)
+	for _, e := range l {
+		if !containsValue(res, e) {
+			res = append(res, e)
+		}
+	}
+	return res
 }
 
 func narrowValue(cur, lim any) any {

@@ -24,6 +24,13 @@ func TestNarrowScope(t *testing.T) {
 		{"untouched keys stay", map[string]any{"keep": "me"}, nil, map[string]any{"keep": "me"}},
 		{"objects narrow recursively", map[string]any{"o": map[string]any{"n": 9.0, "s": "x"}}, map[string]any{"o": map[string]any{"n": 3.0}}, map[string]any{"o": map[string]any{"n": 3.0, "s": "x"}}},
 		{"ints and floats compare", map[string]any{"n": 3}, map[string]any{"n": 7.0}, map[string]any{"n": 3}},
+		// An agent's own blocked list cannot lift the template's blocks.
+		{"blocked lists unite", map[string]any{"blocked_domains": []any{"other.com", "evil.com"}}, map[string]any{"blocked_domains": []any{"evil.com", "worse.com"}},
+			map[string]any{"blocked_domains": []any{"other.com", "evil.com", "worse.com"}}},
+		{"blocked lists unite when nested", map[string]any{"o": map[string]any{"blocked_paths": []any{}}}, map[string]any{"o": map[string]any{"blocked_paths": []any{"/etc"}}},
+			map[string]any{"o": map[string]any{"blocked_paths": []any{"/etc"}}}},
+		{"a blocked value that is no list takes the limit's", map[string]any{"blocked_paths": "/tmp"}, map[string]any{"blocked_paths": []any{"/etc"}},
+			map[string]any{"blocked_paths": []any{"/etc"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -264,16 +264,20 @@ func TestNarrowingMerge(t *testing.T) {
     mode: read
     nested: {limit: 5, tags: [x]}
     added: 1
+    blocked_domains: [evil.example]
 `)
 	d, err := eval(t, s, agentotp.EvalInput{Action: "a", Scope: map[string]any{
 		"max_n": 50.0, "list": []any{"c", "z", "a"}, "flag": true, "mode": "write",
 		"nested": map[string]any{"limit": 2.0, "tags": []any{"x", "y"}, "other": "k"}, "kept": "v",
+		// The agent's own blocked list does not lift the rule's.
+		"blocked_domains": []any{"other.example"},
 	}})
 	require.NoError(t, err)
 	require.Equal(t, agentotp.EffectRequireApproval, d.Effect)
 	require.True(t, sameJSON(d.Scope, map[string]any{
 		"max_n": 10, "list": []any{"c", "a"}, "flag": false, "mode": "read",
 		"nested": map[string]any{"limit": 2, "tags": []any{"x"}, "other": "k"}, "kept": "v", "added": 1,
+		"blocked_domains": []any{"other.example", "evil.example"},
 	}), "%v", d.Scope)
 	require.Equal(t, []string{"alice", "admin"}, d.Approvers)
 	require.Equal(t, 2, d.Quorum)
