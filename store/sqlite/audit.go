@@ -181,6 +181,7 @@ func (s *Store) writeHead(sqlTx *sql.Tx, h *auditHead) error {
 	if key := s.auditKey; key != nil {
 		mac, keyID = key.HeadMAC(h.seq, h.hash), key.ID()
 	}
+	s.stats.statements.Add(1)
 	_, err := sqlTx.Stmt(s.writeHeadStmt).Exec(h.seq, h.hash, mac, keyID)
 	return storeErr("write audit head", err)
 }

@@ -19,6 +19,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/agentotp/agentotp"
@@ -69,6 +70,8 @@ type Store struct {
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
 	userByKeyHash  *sql.Stmt
+
+	stats storeStats
 
 	jobs     chan *job     // queued Updates for the writer goroutine
 	quit     chan struct{} // closed by Close
@@ -338,6 +341,7 @@ func (s *Store) runBatch(batch []*job) {
 		}
 	}
 	defer finish()
+	s.stats.statements.Add(1) // BEGIN
 	sqlTx, err := s.writer.BeginTx(context.Background(), nil)
 	if err != nil {
 		err = storeErr("begin transaction", err)
@@ -355,16 +359,19 @@ func (s *Store) runBatch(batch []*job) {
 			continue
 		}
 		if !single {
+			s.stats.statements.Add(1)
 			if _, err := sqlTx.Stmt(s.savepoint).Exec(); err != nil {
 				s.abort(sqlTx, results, storeErr("savepoint", err))
 				return
 			}
 		}
 		before := *head
-		results[i] = runJob(j, &tx{s: s, tx: sqlTx, head: head})
+		results[i] = runJob(j, &tx{s: s, tx: countedTx{Tx: sqlTx, n: &s.stats.statements}, head: head})
 		if results[i].err == nil && !results[i].panicked {
 			ok++
 			if !single {
+				s.stats.statements.Add(1)
+				s.stats.statements.Add(1)
 				if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 					s.abort(sqlTx, results, storeErr("release savepoint", err))
 					return
@@ -377,10 +384,12 @@ func (s *Store) runBatch(batch []*job) {
 			return
 		}
 		*head = before // the job's appends are rolled back with it
+		s.stats.statements.Add(1)
 		if _, err := sqlTx.Stmt(s.rollbackTo).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
 			return
 		}
+		s.stats.statements.Add(1)
 		if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("release savepoint", err))
 			return
@@ -396,9 +405,36 @@ func (s *Store) runBatch(batch []*job) {
 			return
 		}
 	}
+	s.stats.statements.Add(1)
 	if err := sqlTx.Commit(); err != nil {
 		s.abort(nil, results, storeErr("commit", err))
+		return
 	}
+	s.stats.commits.Add(1)
+	s.stats.jobs.Add(int64(ok))
+}
+
+// storeStats counts the writer's work, for Stats.
+type storeStats struct {
+	commits, jobs, statements atomic.Int64
+}
+
+// Stats is what the store's writer has done since Open.
+type Stats struct {
+	// Commits counts committed transactions: at synchronous=FULL in WAL
+	// mode, one fsync of the WAL each.
+	Commits int64
+	// Updates counts the Update calls those commits made durable (group
+	// commit puts several in one).
+	Updates int64
+	// Statements counts the SQL statements run by the writer, BEGIN,
+	// savepoints and COMMIT included.
+	Statements int64
+}
+
+// Stats returns the writer's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.stats.commits.Load(), Updates: s.stats.jobs.Load(), Statements: s.stats.statements.Load()}
 }
 
 // abort fails every job that had not failed on its own: the transaction

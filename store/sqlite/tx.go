@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"sync/atomic"
 
 	"github.com/agentotp/agentotp"
 )
@@ -18,8 +19,37 @@ var _ agentotp.Tx = (*tx)(nil)
 // skipped by the writer instead.
 type tx struct {
 	s    *Store
-	tx   *sql.Tx
+	tx   countedTx
 	head *auditHead // shared by the jobs of one batch
+}
+
+// countedTx is the batch's transaction, counting the statements run
+// through it (Stats).
+type countedTx struct {
+	*sql.Tx
+	n *atomic.Int64
+}
+
+func (c countedTx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+	c.n.Add(1)
+	return c.Tx.ExecContext(ctx, q, args...)
+}
+
+func (c countedTx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	c.n.Add(1)
+	return c.Tx.QueryContext(ctx, q, args...)
+}
+
+func (c countedTx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+	c.n.Add(1)
+	return c.Tx.QueryRowContext(ctx, q, args...)
+}
+
+// StmtContext counts the prepared statement's one run that follows: every
+// caller binds a statement to run it once.
+func (c countedTx) StmtContext(ctx context.Context, st *sql.Stmt) *sql.Stmt {
+	c.n.Add(1)
+	return c.Tx.StmtContext(ctx, st)
 }
 
 // auditHead caches the chain's newest link for the rest of a batch: the
