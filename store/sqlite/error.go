@@ -53,6 +53,12 @@ func storeErr(op string, err error, f ...failure) error {
 		switch se.Code() & 0xff {
 		case sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED:
 			return &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "database busy, try again", Err: fmt.Errorf("%s: %w", op, err)}
+		case sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR, sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN:
+			// A full disk, a file system that refuses writes (read-only,
+			// quota, file size limit) or a file that cannot be opened: the
+			// transaction is rolled back and a retry may succeed once an
+			// operator fixes the disk. The cause goes to the log only.
+			return &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "storage unavailable, try again later", Err: fmt.Errorf("%s: %w", op, err)}
 		}
 	}
 	return fmt.Errorf("%s: %w", op, err)
