@@ -58,6 +58,7 @@ type Service struct {
 	maxPending int
 	waitPoll   time.Duration
 	broker     *broker
+	kick       chan struct{} // reconcileSoon
 	keys       keyCache
 	watched    watchlist // pending requests announced to the notifier
 	// auditCursor is the audit seq reconcile has read up to.
@@ -80,6 +81,7 @@ func NewService(store Store, opts Options) *Service {
 		maxPending: opts.MaxPendingPerAgent,
 		waitPoll:   opts.WaitPoll,
 		broker:     newBroker(),
+		kick:       make(chan struct{}, 1),
 	}
 	if s.eval == nil {
 		s.eval = RequireApprovalEvaluator{}

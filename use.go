@@ -295,19 +295,55 @@ func (s *Service) ExpireDue(ctx context.Context) (int, error) {
 }
 
 // RunSweeper expires due permissions every interval until ctx ends.
+//
+// On a store shared by several instances (a Leaser), only the instance
+// holding the "expiry-sweeper" lease expires; every instance follows the
+// trail for the requests it announced.
 func (s *Service) RunSweeper(ctx context.Context, interval time.Duration) {
+	leaser, shared := s.store.(Leaser)
+	if shared {
+		go func() {
+			err := leaser.Lead(ctx, "expiry-sweeper", interval, func(ctx context.Context) { s.sweep(ctx, interval, true, false) })
+			if err != nil && ctx.Err() == nil {
+				s.log.Error("expiry sweeper lease failed", "err", err)
+			}
+		}()
+	}
+	s.sweep(ctx, interval, !shared, true)
+}
+
+// sweep expires due permissions and/or follows the trail every interval,
+// and follows it at once when the change feed asks (reconcileSoon).
+func (s *Service) sweep(ctx context.Context, interval time.Duration, expire, follow bool) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
 	for {
-		if _, err := s.ExpireDue(ctx); err != nil && ctx.Err() == nil {
-			s.log.Error("expiry sweep failed", "err", err)
+		if expire {
+			if _, err := s.ExpireDue(ctx); err != nil && ctx.Err() == nil {
+				s.log.Error("expiry sweep failed", "err", err)
+			}
 		}
-		s.reconcile(ctx)
+		if follow {
+			s.reconcile(ctx)
+		}
+		var kick <-chan struct{}
+		if follow {
+			kick = s.kick
+		}
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+		case <-kick:
 		}
+	}
+}
+
+// reconcileSoon asks the sweeper to follow the trail now.
+func (s *Service) reconcileSoon() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
 	}
 }
 

@@ -45,3 +45,17 @@ func (b *broker) publish(id PermissionID) {
 	}
 	b.mu.Unlock()
 }
+
+// publishAll wakes every waiter (after a change feed lost notifications).
+func (b *broker) publishAll() {
+	b.mu.Lock()
+	for _, m := range b.subs {
+		for ch := range m {
+			select {
+			case ch <- struct{}{}:
+			default:
+			}
+		}
+	}
+	b.mu.Unlock()
+}

@@ -1,0 +1,119 @@
+package agentotp_test
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+)
+
+// sharedStore stands for a store several instances share: its change feed
+// and lease are driven by the test.
+type sharedStore struct {
+	agentotp.Store
+	mu    sync.Mutex
+	feeds []func(agentotp.PermissionID)
+	held  atomic.Bool
+	runs  atomic.Int32
+}
+
+func (s *sharedStore) WatchPermissions(ctx context.Context, fn func(agentotp.PermissionID)) error {
+	s.mu.Lock()
+	s.feeds = append(s.feeds, fn)
+	s.mu.Unlock()
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+func (s *sharedStore) notify(id agentotp.PermissionID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, fn := range s.feeds {
+		fn(id)
+	}
+}
+
+func (s *sharedStore) Lead(ctx context.Context, _ string, retry time.Duration, fn func(context.Context)) error {
+	for ctx.Err() == nil {
+		if s.held.Load() {
+			s.runs.Add(1)
+			fn(ctx)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(retry):
+		}
+	}
+	return ctx.Err()
+}
+
+var (
+	_ agentotp.ChangeFeed = (*sharedStore)(nil)
+	_ agentotp.Leaser     = (*sharedStore)(nil)
+)
+
+// A decision made by another instance wakes this one's long-poll through
+// the change feed, long before its periodic re-read (an hour here).
+func TestChangeFeedWakesWaiters(t *testing.T) {
+	f := newFixture(t)
+	shared := &sharedStore{Store: f.store}
+	here := agentotp.NewService(shared, agentotp.Options{Clock: f.clock.Now, WaitPoll: time.Hour})
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	go func() { _ = here.RunChangeFeed(ctx) }()
+	require.Eventually(t, func() bool { shared.mu.Lock(); defer shared.mu.Unlock(); return len(shared.feeds) == 1 }, 5*time.Second, time.Millisecond)
+
+	a := f.agent("a")
+	alice := f.approver("alice")
+	for _, lost := range []bool{false, true} {
+		perm, _, err := here.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+		require.NoError(t, err)
+		go func() {
+			time.Sleep(50 * time.Millisecond)
+			_, _ = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true}) // the other instance
+			if lost {
+				shared.notify("") // notifications were lost: everyone re-reads
+			} else {
+				shared.notify(perm.ID)
+			}
+		}()
+		start := time.Now()
+		got, tok, err := here.GetPermission(f.ctx, a, perm.ID, 30*time.Second)
+		require.NoError(t, err)
+		require.Less(t, time.Since(start), 5*time.Second)
+		require.Equal(t, agentotp.StatusApproved, got.Status)
+		require.NotEmpty(t, tok.Reveal())
+	}
+	require.NoError(t, agentotp.NewService(f.store, agentotp.Options{}).RunChangeFeed(ctx), "no feed: returns at once")
+}
+
+// On a shared store only the lease holder expires permissions.
+func TestSweeperExpiresOnlyUnderLease(t *testing.T) {
+	f := newFixture(t)
+	shared := &sharedStore{Store: f.store}
+	svc := agentotp.NewService(shared, agentotp.Options{Clock: f.clock.Now})
+	a := f.agent("a")
+	perm, _, err := svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x", ApprovalTTL: time.Minute})
+	require.NoError(t, err)
+	f.clock.Add(2 * time.Minute)
+
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	go svc.RunSweeper(ctx, 20*time.Millisecond)
+	time.Sleep(200 * time.Millisecond)
+	got, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusPending, got.Status, "not the leader: nothing expired")
+	require.Zero(t, shared.runs.Load())
+
+	shared.held.Store(true)
+	require.Eventually(t, func() bool {
+		got, err := f.store.Permission(f.ctx, perm.ID)
+		return err == nil && got.Status == agentotp.StatusExpired
+	}, 5*time.Second, 10*time.Millisecond, "the leader expires")
+}
