@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -262,4 +263,30 @@ func newLogger(cfg Config, w io.Writer) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(w, opts))
 	}
 	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// postgresDSN reports whether db names a PostgreSQL database.
+func postgresDSN(db string) bool {
+	return strings.HasPrefix(db, "postgres://") || strings.HasPrefix(db, "postgresql://")
+}
+
+// StoreName is the store as shown in messages and hints: the SQLite file's
+// path, or the PostgreSQL DSN without its password.
+func (c *Config) StoreName() string {
+	if !postgresDSN(c.DB) {
+		return c.DBPath()
+	}
+	u, err := url.Parse(c.DB)
+	if err != nil {
+		return "postgres://…" // unparsable: show nothing that may be secret
+	}
+	if u.User != nil {
+		u.User = url.User(u.User.Username())
+	}
+	q := u.Query()
+	if q.Has("password") {
+		q.Del("password")
+		u.RawQuery = q.Encode()
+	}
+	return u.String()
 }

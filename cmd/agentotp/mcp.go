@@ -16,7 +16,6 @@ import (
 	"github.com/agentotp/agentotp/httpapi"
 	"github.com/agentotp/agentotp/mcpserver"
 	"github.com/agentotp/agentotp/notify"
-	"github.com/agentotp/agentotp/store/sqlite"
 )
 
 // runMCP is `agentotp mcp`: the permission tools for one agent, over stdio
@@ -139,7 +138,7 @@ func embeddedAgent(ctx context.Context, cfg Config, logger *slog.Logger, key age
 	if public == "" {
 		public = "http://" + DefaultConfig().Addr
 	}
-	a, err := openApp(ctx, cfg, logger, public, func(_ *sqlite.Store, o *agentotp.Options) error {
+	a, err := openApp(ctx, cfg, logger, public, func(_ agentotp.Store, o *agentotp.Options) error {
 		o.Notifier = &notify.Log{Logger: logger, Approve: func(id agentotp.PermissionID) string {
 			return fmt.Sprintf("%s approve %s %s", self(), id, dataFlag(cfg))
 		}}

@@ -56,21 +56,32 @@ func runPrune(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fmt.Fprintf(stdout, "pruned %d decided or expired permissions last changed before %s (older than %s); their audit events stay\n",
 		n, cutoff.UTC().Format(time.RFC3339), spec)
 	if *vacuum {
-		before, after, err := compact(ctx, local.app)
+		file, ok := local.app.store.(fileStore)
+		if !ok {
+			fmt.Fprintln(stdout, "--vacuum compacts a SQLite file; PostgreSQL reclaims the space of deleted rows itself (autovacuum)")
+			return 0
+		}
+		before, after, err := compact(ctx, file)
 		if err != nil {
 			return fail(stderr, "prune --vacuum", err)
 		}
-		fmt.Fprintf(stdout, "database file %s: %d bytes before, %d after compacting\n", local.app.store.Path(), before, after)
+		fmt.Fprintf(stdout, "database file %s: %d bytes before, %d after compacting\n", file.Path(), before, after)
 	}
 	return 0
 }
 
+// fileStore is a store kept in one file that can be compacted (SQLite).
+type fileStore interface {
+	Path() string
+	Vacuum(context.Context) error
+}
+
 // compact vacuums the store and reports the file's size before and after
 // (the write-ahead log included).
-func compact(ctx context.Context, a *app) (before, after int64, err error) {
+func compact(ctx context.Context, st fileStore) (before, after int64, err error) {
 	size := func() int64 {
 		var n int64
-		for _, p := range []string{a.store.Path(), a.store.Path() + "-wal"} {
+		for _, p := range []string{st.Path(), st.Path() + "-wal"} {
 			if fi, err := os.Stat(p); err == nil {
 				n += fi.Size()
 			}
@@ -78,7 +89,7 @@ func compact(ctx context.Context, a *app) (before, after int64, err error) {
 		return n
 	}
 	before = size()
-	if err := a.store.Vacuum(ctx); err != nil {
+	if err := st.Vacuum(ctx); err != nil {
 		return before, 0, err
 	}
 	return before, size(), nil

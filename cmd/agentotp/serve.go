@@ -22,7 +22,6 @@ import (
 	"github.com/agentotp/agentotp/notify/callback"
 	"github.com/agentotp/agentotp/notify/telegram"
 	"github.com/agentotp/agentotp/policy"
-	"github.com/agentotp/agentotp/store/sqlite"
 	"github.com/agentotp/agentotp/web"
 )
 
@@ -50,7 +49,7 @@ func runServe(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 
 // app is the wired server core shared by serve and the local admin commands.
 type app struct {
-	store  *sqlite.Store
+	store  agentotp.Store
 	engine *policy.Engine
 	svc    *agentotp.Service
 }
@@ -58,7 +57,7 @@ type app struct {
 // openApp opens the store and the policies and builds the service. setup,
 // when given, completes the service's options once the store is open
 // (serve adds its notifiers there).
-func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string, setup ...func(*sqlite.Store, *agentotp.Options) error) (*app, error) {
+func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL string, setup ...func(agentotp.Store, *agentotp.Options) error) (*app, error) {
 	if cfg.DB == "" {
 		if err := os.MkdirAll(cfg.Data, 0o700); err != nil {
 			return nil, fmt.Errorf("create data directory: %w", err)
@@ -68,9 +67,9 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 	if err != nil {
 		return nil, err
 	}
-	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key})
+	st, err := openStore(ctx, cfg, key)
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", cfg.DBPath(), err)
+		return nil, err
 	}
 	a := &app{store: st}
 	a.engine, err = buildEvaluator(ctx, cfg, st, logger, func(ctx context.Context, version string, err error) {
@@ -164,7 +163,7 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	)
 	// The console's live updates hear of requests like any notifier.
 	live := web.NewLive()
-	a, err := openApp(ctx, cfg, logger, publicURL, func(st *sqlite.Store, o *agentotp.Options) error {
+	a, err := openApp(ctx, cfg, logger, publicURL, func(st agentotp.Store, o *agentotp.Options) error {
 		fan := notify.Fanout{logNotifier, live}
 		if tg != nil {
 			fan = append(fan, tg)
@@ -234,7 +233,7 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	go a.svc.RunSweeper(sweepCtx, time.Second)
 	go a.svc.RunPruner(sweepCtx, retention, time.Hour)
 
-	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.DBPath())
+	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.StoreName())
 	if fresh {
 		fmt.Fprintf(stdout, "admin key (shown once, saved to %s): %s\n", filepath.Join(cfg.Data, "admin.key"), key.Reveal())
 	}
@@ -296,10 +295,11 @@ func self() string {
 	return "agentotp"
 }
 
-// dataFlag is the store flag that reaches the same data as cfg.
+// dataFlag is the store flag that reaches the same data as cfg, for hints:
+// a PostgreSQL DSN without its password (the command reads PGPASSWORD).
 func dataFlag(cfg Config) string {
 	if cfg.DB != "" {
-		return "--db " + cfg.DB
+		return "--db " + cfg.StoreName()
 	}
 	return "--data " + cfg.Data
 }
@@ -307,7 +307,7 @@ func dataFlag(cfg Config) string {
 // buildEvaluator returns the policy engine: the rules of cfg.Policies
 // (watched for changes) plus the API-managed rules in the store. With
 // neither, every request requires approval.
-func buildEvaluator(ctx context.Context, cfg Config, st *sqlite.Store, logger *slog.Logger, onReload func(context.Context, string, error)) (*policy.Engine, error) {
+func buildEvaluator(ctx context.Context, cfg Config, st agentotp.Store, logger *slog.Logger, onReload func(context.Context, string, error)) (*policy.Engine, error) {
 	opts := policy.Options{Source: st, Counter: st, Logger: logger, OnReload: onReload, Clock: time.Now}
 	if cfg.Policies != "" {
 		opts.Paths = []string{cfg.Policies}
