@@ -220,9 +220,20 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 		done := make(chan struct{})
 		go func() {
 			defer close(done)
-			if err := tg.Run(tgCtx); err != nil {
-				logger.Error("telegram stopped", "err", err)
+			run := func(ctx context.Context) {
+				if err := tg.Run(ctx); err != nil && ctx.Err() == nil {
+					logger.Error("telegram stopped", "err", err)
+				}
 			}
+			// Instances sharing a database take turns: one long-polls
+			// Telegram (two would steal each other's updates).
+			if l, ok := a.store.(agentotp.Leaser); ok && cfg.TelegramMode != telegram.ModeWebhook {
+				if err := l.Lead(tgCtx, "telegram", 5*time.Second, run); err != nil && tgCtx.Err() == nil {
+					logger.Error("telegram lease failed", "err", err)
+				}
+				return
+			}
+			run(tgCtx)
 		}()
 		// Runs before the store closes (deferred after it).
 		defer func() { stopTG(); <-done }()
@@ -231,6 +242,13 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	defer stopSweep()
 	go a.svc.RunSweeper(sweepCtx, time.Second)
+	go func() {
+		// Wakes this instance's waiters when another instance on the same
+		// database decides (a no-op on SQLite).
+		if err := a.svc.RunChangeFeed(sweepCtx); err != nil && sweepCtx.Err() == nil {
+			logger.Error("change feed stopped; waiters fall back to re-reading every second", "err", err)
+		}
+	}()
 	go a.svc.RunPruner(sweepCtx, retention, time.Hour)
 
 	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.StoreName())
