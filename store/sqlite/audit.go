@@ -116,7 +116,13 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 		return agentotp.ValidationError("details", "cannot be encoded")
 	}
 	if e.PermissionID != "" && (e.Type == agentotp.EventUse || e.IssuesToken()) {
-		if err := t.checkTrail(ctx, e); err != nil {
+		if tokenHash, ok := t.fresh[e.PermissionID]; ok {
+			// Created by this job, under the write lock: its trail is
+			// what this job wrote. Record the token all the same.
+			if key := t.s.auditKey; key != nil && tokenHash != "" && e.IssuesToken() {
+				e.TokenRef = key.TokenRef(tokenHash)
+			}
+		} else if err := t.checkTrail(ctx, e); err != nil {
 			return err
 		}
 	}

@@ -315,10 +315,17 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, tool...)
 	all = append(all, args...)
 	_, err = t.stmt(ctx, t.s.insertPermission).ExecContext(ctx, all...)
-	return storeErr("create permission", err, failure{
-		conflict: "permission already exists (id, idempotency key or token)",
-		missing:  "agent not found",
-	})
+	if err != nil {
+		return storeErr("create permission", err, failure{
+			conflict: "permission already exists (id, idempotency key or token)",
+			missing:  "agent not found",
+		})
+	}
+	if t.fresh == nil {
+		t.fresh = map[agentotp.PermissionID]string{}
+	}
+	t.fresh[p.ID] = p.TokenHash
+	return nil
 }
 
 // UpdatePermission writes p if its stored status is still expect.

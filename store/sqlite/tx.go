@@ -21,6 +21,10 @@ type tx struct {
 	s    *Store
 	tx   countedTx
 	head *auditHead // shared by the jobs of one batch
+	// fresh holds the permissions this job created, with their token
+	// hash: their trail is the events this job is writing, so checking
+	// it against the store would only read back what was just written.
+	fresh map[agentotp.PermissionID]string
 }
 
 // countedTx is the batch's transaction, counting the statements run
