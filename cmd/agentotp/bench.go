@@ -262,7 +262,7 @@ func (b *bencher) run(ctx context.Context, o benchOptions) (*benchReport, error)
 		if o.baseline {
 			rate, err := durableCommitRate(ctx, o.baselineDir, o.baselineDur)
 			if err != nil {
-				return nil, fmt.Errorf("baseline: %w", err)
+				return nil, fmt.Errorf("baseline in %s (--baseline-dir): %w", o.baselineDir, err)
 			}
 			r.Baseline = rate
 		}

@@ -100,6 +100,7 @@ func run(bin, out string, dur, baseDur, rateDur time.Duration, runs32 int) error
 		_ = srv.Process.Signal(os.Interrupt)
 		_ = srv.Wait()
 	}()
+	loadBefore := loadAverage()
 	ver, err := exec.Command(bin, "version").Output()
 	if err != nil {
 		return fmt.Errorf("%s version: %w", bin, err)
@@ -147,7 +148,8 @@ func run(bin, out string, dur, baseDur, rateDur time.Duration, runs32 int) error
 			strings.Join(r.args, " "), r.result.MedianCyclesPerSec, r.result.Baseline, r.result.Ratio, r.result.Latency["cycle"].P99, r.elapsedSecs)
 	}
 
-	section := render(rows, strings.TrimSpace(string(ver)), dur, baseDur)
+	load := fmt.Sprintf("%s before, %s after", loadBefore, loadAverage())
+	section := render(rows, strings.TrimSpace(string(ver)), load, dur, baseDur)
 	doc, err := os.ReadFile(out)
 	if err != nil {
 		return err
@@ -208,7 +210,17 @@ func startServe(bin, data, logPath string) (*exec.Cmd, string, error) {
 	}
 }
 
-func render(rows []*row, version string, dur, baseDur time.Duration) string {
+// loadAverage is the machine's 1-minute load average: other jobs on a
+// shared machine move every figure.
+func loadAverage() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if f := strings.Fields(string(b)); err == nil && len(f) > 0 {
+		return f[0]
+	}
+	return "unknown"
+}
+
+func render(rows []*row, version, load string, dur, baseDur time.Duration) string {
 	var b strings.Builder
 	first := rows[0].result
 	fmt.Fprintf(&b, "%s\n## `make bench`: the whole server against the disk's durable commit rate\n\n", startMarker)
@@ -218,7 +230,7 @@ func render(rows []*row, version string, dur, baseDur time.Duration) string {
 		"run, just before each load phase, `agentotp bench` times a sequential loop of single-row `INSERT` commits "+
 		"into a fresh SQLite file (WAL, `synchronous=FULL`) in the server's data directory. "+
 		"Ratio: cycles/s ÷ baseline commits/s, the median over the runs. p50/p99: the whole cycle, all runs.\n\n")
-	fmt.Fprintf(&b, "Machine: %s. Date: %s. Server: `%s`.\n\n", first.Machine, first.Date, version)
+	fmt.Fprintf(&b, "Machine: %s. Date: %s. Server: `%s`. Load average (1 min): %s.\n\n", first.Machine, first.Date, version, load)
 	fmt.Fprintf(&b, "Each row: `agentotp bench --baseline --baseline-duration %s --duration %s --concurrency C --agents min(C,16) [--runs R] [--one-call]`.\n\n",
 		baseDur, dur)
 	b.WriteString("| cycle | clients | runs | baseline commits/s | cycles/s | ratio | p50 | p99 |\n|---|---:|---:|---:|---:|---:|---:|---:|\n")
