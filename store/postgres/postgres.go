@@ -1,0 +1,408 @@
+// Package postgres is the agentotp.Store that several server instances
+// share, on PostgreSQL through pgx.
+//
+// Writes are serialized across instances. Every write transaction first
+// takes one advisory lock (the writer lock) and holds it until it commits,
+// running READ COMMITTED so that each statement sees every commit made
+// before the lock was granted. Nearly every write appends to the audit
+// chain, and a link can only be computed from the committed one before it,
+// so writes that audit would queue through each other's commit anyway; the
+// lock makes that explicit and buys the SQLite store's guarantees whole:
+// budgets and pending caps counted in the transaction cannot be overrun,
+// votes toward a quorum see each other, the chain never forks, and no two
+// writers wait on each other's row locks (no deadlocks). SERIALIZABLE would
+// give the same correctness only by aborting and re-running callers' fns.
+// Single use does not rest on the lock alone: spends, token issues and
+// compare-and-set updates are conditional UPDATEs that re-check the row.
+//
+// Group commit buys back the throughput that serializing costs: within one
+// instance, the Updates waiting at the same moment run in one transaction,
+// each in its own savepoint (a failing one rolls back alone), and share its
+// commit and WAL flush. PostgreSQL's own commit_delay cannot help here,
+// since the writer lock is held through the flush.
+//
+// Reads use the connection pool, see committed state and never wait for
+// the writer. Wake-ups between instances travel by LISTEN/NOTIFY
+// (WatchPermissions), and singleton jobs run under a session advisory lock
+// (Lead); both use a dedicated connection each, so the database must be
+// reached directly or through a pooler in session mode, not transaction mode.
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/agentotp/agentotp"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var (
+	_ agentotp.Store            = (*Store)(nil)
+	_ agentotp.AuditSnapshotter = (*Store)(nil)
+	_ agentotp.ChangeFeed       = (*Store)(nil)
+	_ agentotp.Leaser           = (*Store)(nil)
+)
+
+// Options tunes a Store. The zero value is the safe default.
+type Options struct {
+	// AuditKey keys the audit chain: every event appended gets a MAC and
+	// the recorded head is signed (see AppendAudit). Events from before the
+	// key existed keep verifying by hash. Without a key the chain is
+	// hash-only, and appending to a chain that is already keyed fails.
+	// Every instance sharing the database needs the same key.
+	AuditKey *agentotp.AuditKey
+	// LockTimeout bounds how long a write waits for the writer lock (held by
+	// another instance's transaction) before failing with
+	// SERVICE_UNAVAILABLE. Default 10s.
+	LockTimeout time.Duration
+	// MaxConns caps the pool of connections for reads and writes. Default
+	// pgx's: the larger of 4 and the number of CPUs. WatchPermissions and
+	// Lead each hold one more connection of their own.
+	MaxConns int
+	// Logger receives what the store does on its own, such as reconnecting
+	// its listener. Default: discard.
+	Logger *slog.Logger
+}
+
+// Store is an agentotp.Store in a PostgreSQL database.
+type Store struct {
+	pool        *pgxpool.Pool
+	connConfig  *pgx.ConnConfig // for the dedicated listener and lease connections
+	auditKey    *agentotp.AuditKey
+	lockTimeout time.Duration
+	log         *slog.Logger
+	schema      string
+	beginSQL    string // BEGIN, the transaction's settings and the writer lock
+
+	commits, updates atomic.Int64
+
+	jobs     chan *job     // queued Updates for the writer goroutine
+	quit     chan struct{} // closed by Close
+	loopDone chan struct{} // closed when the writer goroutine has exited
+	closing  sync.Once
+}
+
+// Open connects to the database named by dsn (a postgres:// URL or a
+// key=value string, as libpq takes them) and brings its schema up to date.
+// Errors never repeat the DSN, which may hold a password.
+func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
+	cfg, err := pgxpool.ParseConfig(dsn)
+	if err != nil {
+		// pgx redacts passwords only on a best-effort basis: say nothing
+		// of the string itself.
+		return nil, errors.New("postgres: cannot parse the connection string (not shown: it may hold a password)")
+	}
+	if opts.MaxConns > 0 {
+		cfg.MaxConns = int32(min(opts.MaxConns, 1<<20))
+	}
+	if cfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		cfg.ConnConfig.RuntimeParams["application_name"] = "agentotp"
+	}
+	lockTimeout := opts.LockTimeout
+	if lockTimeout <= 0 {
+		lockTimeout = 10 * time.Second
+	}
+	logger := opts.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, storeErr("open connection pool", err)
+	}
+	s := &Store{pool: pool, connConfig: cfg.ConnConfig.Copy(), auditKey: opts.AuditKey, lockTimeout: lockTimeout, log: logger}
+	if err := s.pool.QueryRow(ctx, "SELECT current_schema()").Scan(&s.schema); err != nil {
+		pool.Close()
+		return nil, storeErr("connect", err)
+	}
+	// The statement holds only numbers formatted here.
+	s.beginSQL = fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = %d; "+
+		"SET LOCAL idle_in_transaction_session_timeout = %d; SELECT pg_advisory_xact_lock(%d)",
+		lockTimeout.Milliseconds(), idleInTransaction.Milliseconds(), s.lockKey("writer"))
+	if err := s.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, err
+	}
+	s.jobs, s.quit, s.loopDone = make(chan *job), make(chan struct{}), make(chan struct{})
+	go s.writeLoop()
+	return s, nil
+}
+
+// idleInTransaction ends, on the server, a write transaction whose
+// instance stopped talking mid-way (hung, or cut off by the network) so
+// that its writer lock passes on.
+const idleInTransaction = time.Minute
+
+// lockKey names an advisory lock of this schema: agentotp deployments in
+// two schemas of one database do not share writer locks or leases.
+func (s *Store) lockKey(name string) int64 {
+	h := fnv.New64a()
+	h.Write([]byte("agentotp\x00" + s.schema + "\x00" + name))
+	return int64(h.Sum64())
+}
+
+// Close stops the writer and closes the pool. Acknowledged writes are
+// already durable; an Update still queued fails with SERVICE_UNAVAILABLE,
+// and WatchPermissions and Lead return.
+func (s *Store) Close() error {
+	if s.quit != nil {
+		s.closing.Do(func() { close(s.quit) })
+		<-s.loopDone
+	}
+	s.pool.Close()
+	return nil
+}
+
+// Ping checks that the database answers.
+func (s *Store) Ping(ctx context.Context) error {
+	return storeErr("ping", s.pool.Ping(ctx))
+}
+
+// Stats is what the store's writer has done since Open.
+type Stats struct {
+	// Commits counts committed write transactions.
+	Commits int64
+	// Updates counts the Update calls those commits made durable (group
+	// commit puts several in one).
+	Updates int64
+}
+
+// Stats returns the writer's counters.
+func (s *Store) Stats() Stats {
+	return Stats{Commits: s.commits.Load(), Updates: s.updates.Load()}
+}
+
+// Update runs fn in a write transaction and commits it; an error from fn,
+// or a panic, rolls fn's changes back. fn must not call Update; it may call
+// the Store's read methods, which see the last committed state only.
+//
+// Updates from concurrent callers of this Store are group-committed (see
+// the package documentation). Update returns only after the commit, so an
+// acknowledged change is durable as far as the server's
+// synchronous_commit setting makes it.
+func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	j := &job{ctx: ctx, fn: fn, done: make(chan jobResult, 1)}
+	select {
+	case s.jobs <- j:
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-s.quit:
+		return errClosed
+	}
+	// Once queued, wait for the outcome even if ctx ends: the change may
+	// already be committed, and the caller must learn that.
+	r := <-j.done
+	if r.panicked {
+		panic(r.panicVal)
+	}
+	return r.err
+}
+
+var errClosed = &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "store is closed"}
+
+// maxBatch bounds how many Updates share one transaction. Each runs in a
+// savepoint, a subtransaction; past 64 of those PostgreSQL's snapshots
+// slow down for every session.
+const maxBatch = 32
+
+type job struct {
+	ctx  context.Context
+	fn   func(agentotp.Tx) error
+	done chan jobResult
+}
+
+type jobResult struct {
+	err      error
+	panicked bool
+	panicVal any
+}
+
+// writeLoop is the writer: it takes the first waiting job, gathers
+// whatever else is queued, and runs them as one transaction.
+func (s *Store) writeLoop() {
+	defer close(s.loopDone)
+	batch := make([]*job, 0, maxBatch)
+	for {
+		var first *job
+		select {
+		case first = <-s.jobs:
+		case <-s.quit:
+			return
+		}
+		batch = append(batch[:0], first)
+		closing := false
+		if d := agentotp.CommitDelay(first.ctx); d > 0 {
+			batch, closing = s.hold(batch, d)
+		}
+	gather:
+		for len(batch) < maxBatch {
+			select {
+			case j := <-s.jobs:
+				batch = append(batch, j)
+			default:
+				break gather
+			}
+		}
+		s.runBatch(batch)
+		if closing {
+			return
+		}
+	}
+}
+
+// hold keeps a batch of background updates (agentotp.WithCommitDelay) open
+// for up to d, until an update someone waits on arrives to share its
+// commit, the batch is full, or the store closes (reported by closing: the
+// held batch still commits first).
+func (s *Store) hold(batch []*job, d time.Duration) (_ []*job, closing bool) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for len(batch) < maxBatch {
+		select {
+		case j := <-s.jobs:
+			batch = append(batch, j)
+			if agentotp.CommitDelay(j.ctx) == 0 {
+				return batch, false
+			}
+		case <-t.C:
+			return batch, false
+		case <-s.quit:
+			return batch, true
+		}
+	}
+	return batch, false
+}
+
+// batchTimeout bounds a whole batch, so that a server that stops answering
+// (without closing the connection) fails the callers instead of hanging
+// them. A batch waits at most LockTimeout for the lock.
+const batchTimeout = time.Minute
+
+// runBatch runs the jobs in one transaction. The statements run without the
+// callers' contexts: the transaction is shared, and pgx answers a cancelled
+// statement by closing the connection, which would roll back everyone's
+// work. A job whose caller left before it started is skipped instead.
+func (s *Store) runBatch(batch []*job) {
+	results := make([]jobResult, len(batch))
+	defer func() {
+		for i, j := range batch {
+			j.done <- results[i]
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), s.lockTimeout+batchTimeout)
+	defer cancel()
+	pgTx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.beginSQL})
+	if err != nil {
+		err = storeErr("begin transaction", err)
+		for i := range results {
+			results[i].err = err
+		}
+		return
+	}
+	single := len(batch) == 1
+	ok := 0
+	head := &auditHead{}
+	savepoint := "SAVEPOINT job"
+	for i, j := range batch {
+		if err := j.ctx.Err(); err != nil {
+			results[i].err = err
+			continue
+		}
+		if !single {
+			// The previous job's RELEASE, if any, travels with this
+			// SAVEPOINT; the last one is released by COMMIT.
+			if _, err := pgTx.Exec(ctx, savepoint); err != nil {
+				s.abort(pgTx, results, storeErr("savepoint", err))
+				return
+			}
+			savepoint = "SAVEPOINT job"
+		}
+		before := *head
+		t := &tx{s: s, q: pgTx, ctx: ctx, head: head}
+		results[i] = runJob(j, t)
+		if results[i].err == nil && !results[i].panicked && t.failed != nil {
+			// fn went on after a statement failed: the database refuses
+			// everything after that until the savepoint is rolled back.
+			results[i].err = t.failed
+		}
+		if results[i].err == nil && !results[i].panicked {
+			ok++
+			if !single {
+				savepoint = "RELEASE SAVEPOINT job; SAVEPOINT job"
+			}
+			continue
+		}
+		if single {
+			_ = pgTx.Rollback(ctx)
+			return
+		}
+		*head = before // the job's appends are rolled back with it
+		if _, err := pgTx.Exec(ctx, "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"); err != nil {
+			s.abort(pgTx, results, storeErr("roll back savepoint", err))
+			return
+		}
+	}
+	if ok == 0 {
+		_ = pgTx.Rollback(ctx)
+		return
+	}
+	if head.moved {
+		if err := s.writeHead(ctx, pgTx, head); err != nil {
+			s.abort(pgTx, results, err)
+			return
+		}
+	}
+	if err := pgTx.Commit(ctx); err != nil {
+		s.abort(nil, results, storeErr("commit", err))
+		return
+	}
+	s.commits.Add(1)
+	s.updates.Add(int64(ok))
+}
+
+// abort fails every job that had not failed on its own: the transaction
+// holding their changes is gone.
+func (s *Store) abort(pgTx pgx.Tx, results []jobResult, err error) {
+	if pgTx != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = pgTx.Rollback(ctx)
+		cancel()
+	}
+	for i := range results {
+		if results[i].err == nil && !results[i].panicked {
+			results[i].err = err
+		}
+	}
+}
+
+// runJob calls the job's fn, turning a panic into a result that Update
+// re-raises on the caller's goroutine.
+func runJob(j *job, t *tx) (r jobResult) {
+	defer func() {
+		if v := recover(); v != nil {
+			r = jobResult{panicked: true, panicVal: v}
+		}
+	}()
+	return jobResult{err: j.fn(t)}
+}
+
+// snapshot runs fn in a read-only REPEATABLE READ transaction, so that
+// several queries (a count and a page) see the same committed state.
+func (s *Store) snapshot(ctx context.Context, fn func(q querier) error) error {
+	rtx, err := s.pool.BeginTx(ctx, pgx.TxOptions{IsoLevel: pgx.RepeatableRead, AccessMode: pgx.ReadOnly})
+	if err != nil {
+		return err
+	}
+	defer func() { _ = rtx.Rollback(context.WithoutCancel(ctx)) }()
+	return fn(rtx)
+}
