@@ -186,12 +186,12 @@ func (s *Store) writeHead(ctx context.Context, q querier, h *auditHead) error {
 // the whole history, is verification's job).
 func (t *tx) checkTrail(e *agentotp.AuditEvent) error {
 	var (
-		status                    agentotp.Status
-		remaining                 int
-		tokenHash                 string
-		lastType, issType         agentotp.EventType
-		lastDetails, issDetails   *string
-		lastRef, issRef           string
+		status                  agentotp.Status
+		remaining               int
+		tokenHash               string
+		lastType, issType       agentotp.EventType
+		lastDetails, issDetails *string
+		lastRef, issRef         string
 	)
 	err := t.scan(trailSQL, []any{string(e.PermissionID)}, &status, &remaining, &tokenHash,
 		&lastType, &lastDetails, &lastRef, &issType, &issDetails, &issRef)
