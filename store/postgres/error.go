@@ -41,6 +41,12 @@ func storeErr(op string, err error, f ...failure) error {
 		return &agentotp.Error{Code: agentotp.CodeNotFound, Message: m.notFound}
 	}
 	wrapped := fmt.Errorf("%s: %w", op, err)
+	var ce *pgconn.ConnectError
+	if errors.As(err, &ce) {
+		// No server, no such database, refused credentials: the operator's
+		// to fix. The cause names host, user and database, never a password.
+		return &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "storage unavailable, try again later", Err: wrapped}
+	}
 	var pe *pgconn.PgError
 	if errors.As(err, &pe) {
 		switch {
@@ -82,15 +88,10 @@ func storeErr(op string, err error, f ...failure) error {
 // the server cannot be reached, the connection broke, the pool is closed.
 func unreachable(err error) bool {
 	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		// The caller's own context ended: not the database's fault.
-		var ce *pgconn.ConnectError
-		return errors.As(err, &ce)
+		return false // the caller's own context ended: not the database's fault
 	}
-	var (
-		ce *pgconn.ConnectError
-		ne net.Error
-	)
-	return errors.As(err, &ce) || errors.As(err, &ne) || errors.Is(err, io.EOF) ||
+	var ne net.Error
+	return errors.As(err, &ne) || errors.Is(err, io.EOF) ||
 		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, pgconn.ErrConnClosed) ||
 		errors.Is(err, net.ErrClosed) || pgconn.Timeout(err) || isClosedPool(err)
 }

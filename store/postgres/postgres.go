@@ -333,7 +333,7 @@ func (s *Store) runBatch(batch []*job) {
 		if results[i].err == nil && !results[i].panicked && t.failed != nil {
 			// fn went on after a statement failed: the database refuses
 			// everything after that until the savepoint is rolled back.
-			results[i].err = t.failed
+			results[i].err = storeErr("update", t.failed)
 		}
 		if results[i].err == nil && !results[i].panicked {
 			ok++

@@ -39,14 +39,19 @@ type auditHead struct {
 // is only "no rows".
 func (t *tx) note(err error) error {
 	if err != nil && !errors.Is(err, pgx.ErrNoRows) && t.failed == nil {
-		t.failed = storeErr("transaction", err)
+		t.failed = err
 	}
 	return err
 }
 
+// aborted is what every call returns after a statement failed.
+func (t *tx) aborted() error {
+	return &agentotp.Error{Code: agentotp.CodeInternal, Message: "transaction aborted by an earlier failure", Err: t.failed}
+}
+
 func (t *tx) exec(sql string, args ...any) (pgconn.CommandTag, error) {
 	if t.failed != nil {
-		return pgconn.CommandTag{}, t.failed
+		return pgconn.CommandTag{}, t.aborted()
 	}
 	tag, err := t.q.Exec(t.ctx, sql, args...)
 	return tag, t.note(err)
@@ -55,7 +60,7 @@ func (t *tx) exec(sql string, args ...any) (pgconn.CommandTag, error) {
 // scan runs a query expected to return one row and scans it.
 func (t *tx) scan(sql string, args []any, dest ...any) error {
 	if t.failed != nil {
-		return t.failed
+		return t.aborted()
 	}
 	return t.note(t.q.QueryRow(t.ctx, sql, args...).Scan(dest...))
 }
@@ -63,7 +68,7 @@ func (t *tx) scan(sql string, args []any, dest ...any) error {
 // row runs a query expected to return one row, for a scanner function.
 func (t *tx) row(sql string, args ...any) pgx.Row {
 	if t.failed != nil {
-		return failedRow{t.failed}
+		return failedRow{t.aborted()}
 	}
 	return noteRow{t, t.q.QueryRow(t.ctx, sql, args...)}
 }
@@ -71,7 +76,7 @@ func (t *tx) row(sql string, args ...any) pgx.Row {
 // query runs a query for collect.
 func (t *tx) query(sql string, args ...any) (pgx.Rows, error) {
 	if t.failed != nil {
-		return nil, t.failed
+		return nil, t.aborted()
 	}
 	rows, err := t.q.Query(t.ctx, sql, args...)
 	return rows, t.note(err)
