@@ -15,14 +15,29 @@ import (
 // BenchmarkRequestAndUseHTTP measures the HTTP hot path end to end: an
 // auto-approving policy, the real SQLite store with its default durable
 // settings (synchronous FULL) in a temp dir, a real server on loopback and
-// keep-alive clients. One iteration = POST /request (201 + token) then
-// POST /use (success:true), every response checked.
+// keep-alive clients. One iteration = one request and its use, every
+// response checked: "two-call" is POST /request (201 + token) then POST
+// /use (success:true); "one-call" is POST /request with "use" (201, status
+// used, use.success).
 func BenchmarkRequestAndUseHTTP(b *testing.B) {
+	for _, oneCall := range []bool{false, true} {
+		name := "two-call"
+		if oneCall {
+			name = "one-call"
+		}
+		b.Run(name, func(b *testing.B) { requestAndUseHTTP(b, oneCall) })
+	}
+}
+
+func requestAndUseHTTP(b *testing.B, oneCall bool) {
 	e := newTestServer(b)
 	agent := e.createAgent("bench")
 	client := &http.Client{Transport: &http.Transport{MaxIdleConns: 512, MaxIdleConnsPerHost: 512}}
 	defer client.CloseIdleConnections()
 	reqBody := []byte(`{"action":"auto.bench","resource":"bench:1","scope":{"max_n":5},"ttl":60}`)
+	if oneCall {
+		reqBody = []byte(`{"action":"auto.bench","resource":"bench:1","scope":{"max_n":5},"ttl":60,"use":{"actionDetails":{"n":1}}}`)
+	}
 
 	post := func(path string, body []byte, want int, v any) error {
 		req, err := http.NewRequest("POST", e.srv.URL+path, bytes.NewReader(body))
@@ -59,11 +74,22 @@ func BenchmarkRequestAndUseHTTP(b *testing.B) {
 					ID     string `json:"id"`
 					Status string `json:"status"`
 					Token  string `json:"token"`
+					Use    *struct {
+						Success       bool `json:"success"`
+						UsesRemaining int  `json:"usesRemaining"`
+					} `json:"use"`
 				} `json:"data"`
 			}
 			if err := post("/api/v1/permissions/request", reqBody, http.StatusCreated, &granted); err != nil {
 				b.Error(err)
 				return
+			}
+			if oneCall {
+				if !granted.Success || granted.Data.Status != "used" || granted.Data.Use == nil || !granted.Data.Use.Success {
+					b.Errorf("request with use: unexpected answer %+v", granted)
+					return
+				}
+				continue
 			}
 			if !granted.Success || granted.Data.Status != "approved" || !agentotp.ValidTokenFormat(granted.Data.Token) {
 				b.Errorf("request: unexpected answer %+v", granted)
