@@ -73,7 +73,7 @@ func (c *Config) settings() []setting {
 	return []setting{
 		{flag: "addr", env: "AGENTOTP_ADDR", usage: "listen address", str: &c.Addr},
 		{flag: "data", env: "AGENTOTP_DATA", usage: "data directory (SQLite file agentotp.db inside)", str: &c.Data},
-		{flag: "db", env: "AGENTOTP_DB", usage: "store DSN (overrides --data): a SQLite file path or sqlite:PATH", str: &c.DB},
+		{flag: "db", env: "AGENTOTP_DB", usage: "store DSN (overrides --data): a SQLite file path or sqlite:PATH, or postgres://USER@HOST/DB (password from PGPASSWORD or the DSN)", str: &c.DB},
 		{flag: "policies", env: "AGENTOTP_POLICIES", usage: "policy file or directory", str: &c.Policies},
 		{flag: "public-url", env: "AGENTOTP_PUBLIC_URL", usage: "public base URL for links (default http://<addr>)", str: &c.PublicURL},
 		{flag: "telegram-chat", env: "AGENTOTP_TELEGRAM_CHAT_ID", usage: "Telegram chat for approval messages", str: &c.TelegramChat},
@@ -223,8 +223,8 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("AGENTOTP_CALLBACK_KEY: %w", err)
 		}
 	}
-	if strings.HasPrefix(c.DB, "postgres") {
-		return fmt.Errorf("db: postgres is not supported yet; use a SQLite path")
+	if strings.HasPrefix(c.DB, "postgres") && !postgresDSN(c.DB) {
+		return fmt.Errorf("db: a PostgreSQL database is named postgres://… or postgresql://…")
 	}
 	return nil
 }

@@ -79,9 +79,16 @@ type serveProc struct {
 // waits until it listens. The test's end stops it if it still runs.
 func startServe(t *testing.T, bin string, args ...string) *serveProc {
 	t.Helper()
+	return startServeEnv(t, bin, nil, args...)
+}
+
+// startServeEnv is startServe with AGENTOTP_ variables (KEY=VALUE) for the
+// child.
+func startServeEnv(t *testing.T, bin string, vars []string, args ...string) *serveProc {
+	t.Helper()
 	p := &serveProc{stderr: &syncBuffer{}, done: make(chan struct{})}
 	p.cmd = exec.Command(bin, append([]string{"serve", "--addr", "127.0.0.1:0", "--rate-limit", "-1"}, args...)...)
-	p.cmd.Env = childEnv()
+	p.cmd.Env = childEnv(vars...)
 	p.cmd.Stderr = p.stderr
 	out, err := p.cmd.StdoutPipe()
 	require.NoError(t, err)

@@ -63,6 +63,9 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 			return nil, fmt.Errorf("create data directory: %w", err)
 		}
 	}
+	if err := sharedKeys(cfg); err != nil {
+		return nil, err
+	}
 	key, err := auditKey(cfg)
 	if err != nil {
 		return nil, err
