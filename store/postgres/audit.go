@@ -117,11 +117,14 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 	if key := t.s.auditKey; key != nil {
 		e.MAC = key.EventMAC(e)
 	}
-	_, err = t.exec(insertAuditSQL, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
+	// Nothing reads the insert's result: it travels with the next
+	// statement, or at the end of the job, which fails if it fails.
+	err = t.later("append audit event", failure{conflict: "audit event id already used"}, insertAuditSQL,
+		e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
 		e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
 		string(e.DetailsJSON), e.PrevHash, e.Hash, nullString(e.MAC), nullString(e.TokenRef))
 	if err != nil {
-		return storeErr("append audit event", err, failure{conflict: "audit event id already used"})
+		return err
 	}
 	h.seq, h.hash, h.moved = e.Seq, e.Hash, true
 	return nil

@@ -312,34 +312,41 @@ func (s *Store) runBatch(batch []*job) {
 	single := len(batch) == 1
 	ok := 0
 	head := &auditHead{}
-	savepoint := "SAVEPOINT job"
 	for i, j := range batch {
 		if err := j.ctx.Err(); err != nil {
 			results[i].err = err
 			continue
 		}
-		if !single {
-			// The previous job's RELEASE, if any, travels with this
-			// SAVEPOINT; the last one is released by COMMIT.
-			if _, err := pgTx.Exec(ctx, savepoint); err != nil {
-				s.abort(pgTx, results, storeErr("savepoint", err))
-				return
-			}
-			savepoint = "SAVEPOINT job"
-		}
 		before := *head
 		t := &tx{s: s, q: pgTx, ctx: ctx, head: head}
+		if !single {
+			// Sent with the job's first statement. Savepoints are never
+			// released: each job's nests in the one before, and COMMIT
+			// ends them all.
+			t.pending, t.savepoint = []queued{{sql: "SAVEPOINT job", op: "savepoint"}}, true
+		}
 		results[i] = runJob(j, t)
+		if results[i].err == nil && !results[i].panicked {
+			// The job's deferred statements (its audit inserts) must
+			// succeed for it to count.
+			if t.savepoint && len(t.pending) == 1 {
+				t.pending = nil // nothing was written: no savepoint needed
+			}
+			if err := t.flush(); err != nil {
+				results[i].err = err
+			}
+		}
 		if results[i].err == nil && !results[i].panicked && t.failed != nil {
 			// fn went on after a statement failed: the database refuses
 			// everything after that until the savepoint is rolled back.
 			results[i].err = storeErr("update", t.failed)
 		}
+		if t.broken != nil {
+			s.abort(pgTx, results, storeErr("savepoint", t.broken))
+			return
+		}
 		if results[i].err == nil && !results[i].panicked {
 			ok++
-			if !single {
-				savepoint = "RELEASE SAVEPOINT job; SAVEPOINT job"
-			}
 			continue
 		}
 		if single {
@@ -347,7 +354,10 @@ func (s *Store) runBatch(batch []*job) {
 			return
 		}
 		*head = before // the job's appends are rolled back with it
-		if _, err := pgTx.Exec(ctx, "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"); err != nil {
+		if t.savepoint {
+			continue // its savepoint was never sent: neither was anything else
+		}
+		if _, err := pgTx.Exec(ctx, "ROLLBACK TO SAVEPOINT job"); err != nil {
 			s.abort(pgTx, results, storeErr("roll back savepoint", err))
 			return
 		}
