@@ -63,6 +63,9 @@ type Service struct {
 	watched    watchlist // pending requests announced to the notifier
 	// auditCursor is the audit seq reconcile has read up to.
 	auditCursor atomic.Int64
+	// policyCursor is the newest policy change followPolicies has seen
+	// (-1: not looked yet).
+	policyCursor atomic.Int64
 
 	callbackHosts []CallbackHost
 	maxObject     int   // Options.MaxRequestObjectBytes
@@ -99,6 +102,7 @@ func NewService(store Store, opts Options) *Service {
 		s.waitPoll = time.Second
 	}
 	s.maxObject, s.maxStored = requestLimits(opts, s.log)
+	s.policyCursor.Store(-1)
 	for _, h := range opts.CallbackHosts {
 		if ch, err := ParseCallbackHost(h); err == nil {
 			s.callbackHosts = append(s.callbackHosts, ch)

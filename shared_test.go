@@ -117,3 +117,36 @@ func TestSweeperExpiresOnlyUnderLease(t *testing.T) {
 		return err == nil && got.Status == agentotp.StatusExpired
 	}, 5*time.Second, 10*time.Millisecond, "the leader expires")
 }
+
+// reloadCounter is an evaluator that counts reloads of API rules.
+type reloadCounter struct {
+	agentotp.RequireApprovalEvaluator
+	n atomic.Int32
+}
+
+func (r *reloadCounter) Reload(context.Context) error { r.n.Add(1); return nil }
+
+// A rule changed through another process sharing the store (a second
+// instance, the CLI) is reloaded here at the next sweep.
+func TestPolicyChangesElsewhereAreReloaded(t *testing.T) {
+	f := newFixture(t)
+	eval := &reloadCounter{}
+	here := agentotp.NewService(f.store, agentotp.Options{Clock: f.clock.Now, Evaluator: eval})
+	ctx, cancel := context.WithCancel(f.ctx)
+	defer cancel()
+	go here.RunSweeper(ctx, 20*time.Millisecond)
+	time.Sleep(100 * time.Millisecond)
+	require.Zero(t, eval.n.Load(), "nothing changed")
+
+	pol, err := f.svc.CreatePolicy(f.ctx, f.admin, &agentotp.Policy{Name: "elsewhere", Effect: agentotp.EffectAutoApprove, Active: true})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return eval.n.Load() == 1 }, 5*time.Second, 10*time.Millisecond, "a create elsewhere")
+	_, err = f.svc.UpdatePolicy(f.ctx, f.admin, &agentotp.Policy{ID: pol.ID, Name: "elsewhere", Effect: agentotp.EffectDeny, Active: true})
+	require.NoError(t, err)
+	require.NoError(t, f.svc.DeletePolicy(f.ctx, f.admin, pol.ID))
+	require.Eventually(t, func() bool { return eval.n.Load() >= 2 }, 5*time.Second, 10*time.Millisecond, "an update and a delete")
+	time.Sleep(100 * time.Millisecond)
+	n := eval.n.Load()
+	time.Sleep(100 * time.Millisecond)
+	require.Equal(t, n, eval.n.Load(), "no reload without a change")
+}

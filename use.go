@@ -325,6 +325,7 @@ func (s *Service) sweep(ctx context.Context, interval time.Duration, expire, fol
 		}
 		if follow {
 			s.reconcile(ctx)
+			s.followPolicies(ctx)
 		}
 		var kick <-chan struct{}
 		if follow {

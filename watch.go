@@ -95,3 +95,40 @@ func (s *Service) reconcile(ctx context.Context) {
 		}
 	}
 }
+
+// followPolicies reloads the API-managed rules when another process
+// sharing the store (a second instance, the CLI) changed them: it looks
+// for policy_create, policy_update and policy_delete events after the last
+// one it saw. A change made here was reloaded already; doing it again is
+// harmless.
+func (s *Service) followPolicies(ctx context.Context) {
+	if _, ok := s.eval.(PolicyReloader); !ok {
+		return
+	}
+	from := s.policyCursor.Load()
+	if from < 0 {
+		// First look: start from the present.
+		seq, _, err := s.store.AuditHead(ctx)
+		if err == nil {
+			s.policyCursor.Store(seq)
+		}
+		return
+	}
+	newest, changed := from, false
+	for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
+		events, err := s.store.AuditEvents(ctx, AuditFilter{Type: t, AfterSeq: from, Ascending: true, Limit: MaxPolicyEventsPerSweep})
+		if err != nil {
+			return // try again next sweep, from the same place
+		}
+		for _, e := range events {
+			changed, newest = true, max(newest, e.Seq)
+		}
+	}
+	if changed {
+		s.reloadPolicies(ctx)
+		s.policyCursor.Store(newest)
+	}
+}
+
+// MaxPolicyEventsPerSweep bounds the policy events one sweep reads per type.
+const MaxPolicyEventsPerSweep = 100

@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	_ "modernc.org/sqlite" // the baseline writes its own SQLite file
 )
 
@@ -48,7 +49,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs := flag.NewFlagSet("agentotp bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	fs.Usage = func() { fmt.Fprint(stderr, benchUsage); fs.PrintDefaults() }
-	url := fs.String("url", "http://127.0.0.1:8787", "server URL ($AGENTOTP_URL)")
+	url := fs.String("url", "http://127.0.0.1:8787", "server URL ($AGENTOTP_URL); several, comma-separated, spread the load over instances sharing a database")
 	data := fs.String("data", "./data", "data directory holding admin.key when AGENTOTP_ADMIN_KEY is unset")
 	var o benchOptions
 	fs.IntVar(&o.agents, "agents", 8, "agents to create (load is spread over them)")
@@ -60,6 +61,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	fs.IntVar(&o.runs, "runs", 1, "load phases (alternating with baseline phases under --baseline); medians are reported")
 	fs.BoolVar(&o.baseline, "baseline", false, "measure the disk's durable single-row commit rate and report the ratio")
 	fs.StringVar(&o.baselineDir, "baseline-dir", "", "directory for the baseline's temporary SQLite file; put it on the server's file system (default --data)")
+	fs.StringVar(&o.baselineDB, "baseline-db", "", "with --baseline, time one-row commits on this PostgreSQL database (postgres://…, a table created and dropped) instead of a SQLite file")
 	fs.DurationVar(&o.baselineDur, "baseline-duration", 3*time.Second, "how long each baseline phase runs")
 	asJSON := fs.Bool("json", false, "print the report as one JSON object")
 	if err := fs.Parse(args); err != nil {
@@ -92,7 +94,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 		admin = strings.TrimSpace(string(b))
 	}
-	b := &bencher{url: strings.TrimRight(*url, "/"), admin: admin, client: &http.Client{
+	var urls []string
+	for u := range strings.SplitSeq(*url, ",") {
+		if u = strings.TrimRight(strings.TrimSpace(u), "/"); u != "" {
+			urls = append(urls, u)
+		}
+	}
+	if len(urls) == 0 {
+		fmt.Fprintln(stderr, "agentotp bench: --url is empty")
+		return 2
+	}
+	b := &bencher{url: urls[0], urls: urls, admin: admin, client: &http.Client{
 		Timeout:   30 * time.Second,
 		Transport: &http.Transport{MaxIdleConns: 4096, MaxIdleConnsPerHost: 4096, IdleConnTimeout: time.Minute},
 	}, human: o.human, oneCall: o.oneCall}
@@ -132,6 +144,7 @@ type benchOptions struct {
 	rate               float64
 	baseline           bool
 	baselineDir        string
+	baselineDB         string
 }
 
 func (o benchOptions) check() error {
@@ -156,6 +169,7 @@ func (o benchOptions) check() error {
 
 type bencher struct {
 	url, admin     string
+	urls           []string // the instances the load is spread over
 	client         *http.Client
 	human, oneCall bool
 }
@@ -171,7 +185,11 @@ func (b *bencher) call(ctx context.Context, method, path, key string, body any, 
 		}
 		rd = bytes.NewReader(buf)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, b.url+path, rd)
+	base := b.url
+	if s, ok := ctx.Value(serverKey{}).(string); ok {
+		base = s
+	}
+	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
 		return err
 	}
@@ -226,6 +244,9 @@ func (b *bencher) run(ctx context.Context, o benchOptions) (*benchReport, error)
 	}
 	if o.baseline {
 		rep.BaselineDir = o.baselineDir
+		if o.baselineDB != "" {
+			rep.BaselineDir, rep.BaselinePostgres = "", true
+		}
 	}
 	tag := fmt.Sprintf("bench-%d", time.Now().UnixNano())
 	keys := make([]string, o.agents)
@@ -254,14 +275,25 @@ func (b *bencher) run(ctx context.Context, o benchOptions) (*benchReport, error)
 			return nil, fmt.Errorf("install bench policy (is the policy engine on?): %w", err)
 		}
 		defer func() { _ = b.call(context.Background(), "DELETE", "/api/v1/policies/"+pol.ID, b.admin, nil, nil, 200) }()
+		if err := b.awaitRule(ctx, keys[0]); err != nil {
+			return nil, err
+		}
 	}
 
 	var elapsed time.Duration
 	for i := range o.runs {
 		var r benchRun
 		if o.baseline {
-			rate, err := durableCommitRate(ctx, o.baselineDir, o.baselineDur)
-			if err != nil {
+			var (
+				rate float64
+				err  error
+			)
+			if o.baselineDB != "" {
+				rate, err = postgresCommitRate(ctx, o.baselineDB, o.baselineDur)
+				if err != nil {
+					return nil, fmt.Errorf("baseline on --baseline-db: %w", err)
+				}
+			} else if rate, err = durableCommitRate(ctx, o.baselineDir, o.baselineDur); err != nil {
 				return nil, fmt.Errorf("baseline in %s (--baseline-dir): %w", o.baselineDir, err)
 			}
 			r.Baseline = rate
@@ -362,9 +394,10 @@ func (b *bencher) closedLoop(ctx context.Context, keys []string, conc int, dur t
 		wg.Go(func() {
 			key := keys[w%len(keys)]
 			local := timer{}
+			wctx := context.WithValue(runCtx, serverKey{}, b.urls[w%len(b.urls)])
 			for runCtx.Err() == nil {
 				t0 := time.Now()
-				err := b.cycle(runCtx, key, local.timed)
+				err := b.cycle(wctx, key, local.timed)
 				if runCtx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
 					break
 				}
@@ -417,7 +450,7 @@ func (b *bencher) openLoop(ctx context.Context, keys []string, rate float64, max
 		wg.Go(func() {
 			defer inFlight.Add(-1)
 			local := timer{}
-			err := b.cycle(ctx, key, local.timed)
+			err := b.cycle(context.WithValue(ctx, serverKey{}, b.urls[i%len(b.urls)]), key, local.timed)
 			if err == nil {
 				local["cycle"] = append(local["cycle"], time.Since(at))
 			}
@@ -537,6 +570,73 @@ func durableCommitRate(ctx context.Context, dir string, d time.Duration) (float6
 	return float64(n) / time.Since(start).Seconds(), nil
 }
 
+// awaitRule waits until every instance approves at once: another instance
+// than the one that stored the bench's rule reloads it at its next sweep.
+func (b *bencher) awaitRule(ctx context.Context, key string) error {
+	for _, u := range b.urls {
+		sctx := context.WithValue(ctx, serverKey{}, u)
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			var p benchPerm
+			err := b.call(sctx, "POST", "/api/v1/permissions/request", key, map[string]any{"action": "bench.probe"}, &p, 201, 202)
+			if err != nil {
+				return fmt.Errorf("probe %s: %w", u, err)
+			}
+			if p.Status == "approved" {
+				break
+			}
+			_ = b.call(sctx, "POST", "/api/v1/permissions/"+p.ID+"/revoke", key, map[string]any{"reason": "bench probe"}, nil, 200)
+			if time.Now().After(deadline) {
+				return fmt.Errorf("%s does not apply the bench's rule after 5 s (does it load API policies?)", u)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	return nil
+}
+
+// serverKey carries, in a worker's context, the instance it talks to.
+type serverKey struct{}
+
+// postgresCommitRate is durableCommitRate on PostgreSQL: one-row INSERTs,
+// each its own transaction (synchronous_commit as the server has it), one
+// after another on one connection, into a table made for the run.
+func postgresCommitRate(ctx context.Context, dsn string, d time.Duration) (float64, error) {
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return 0, errors.New("cannot connect (the DSN is not shown: it may hold a password)")
+	}
+	defer conn.Close(context.Background())
+	var syncCommit string
+	if err := conn.QueryRow(ctx, "SHOW synchronous_commit").Scan(&syncCommit); err != nil {
+		return 0, err
+	}
+	if syncCommit == "off" {
+		return 0, errors.New("synchronous_commit is off: a baseline without durable commits would flatter the server")
+	}
+	table := pgx.Identifier{fmt.Sprintf("agentotp_baseline_%d", time.Now().UnixNano())}.Sanitize()
+	if _, err := conn.Exec(ctx, "CREATE TABLE "+table+" (id bigserial PRIMARY KEY, v bytea NOT NULL)"); err != nil {
+		return 0, err
+	}
+	defer func() { _, _ = conn.Exec(context.Background(), "DROP TABLE "+table) }()
+	row := make([]byte, 100)
+	_, _ = rand.Read(row)
+	ins := "INSERT INTO " + table + " (v) VALUES ($1)"
+	for range 50 {
+		if _, err := conn.Exec(ctx, ins, row); err != nil {
+			return 0, err
+		}
+	}
+	n, start := 0, time.Now()
+	for time.Since(start) < d {
+		if _, err := conn.Exec(ctx, ins, row); err != nil {
+			return 0, err
+		}
+		n++
+	}
+	return float64(n) / time.Since(start).Seconds(), nil
+}
+
 // machine names the CPU, the cores and the Go that ran the bench.
 func machine() string {
 	cpu := "unknown CPU"
@@ -564,6 +664,7 @@ type benchReport struct {
 	Rate               float64                 `json:"rate,omitempty"`
 	DurationS          float64                 `json:"durationSeconds"`
 	BaselineDir        string                  `json:"baselineDir,omitempty"`
+	BaselinePostgres   bool                    `json:"baselinePostgres,omitempty"`
 	Runs               []benchRun              `json:"runs"`
 	Cycles             int64                   `json:"cycles"`
 	Failures           int64                   `json:"failures"`
@@ -663,7 +764,11 @@ func (r *benchReport) print(w io.Writer) {
 		if len(r.Runs) > 1 {
 			of = fmt.Sprintf(", median of %d runs", len(r.Runs))
 		}
-		fmt.Fprintf(w, "baseline: %.0f durable single-row commits/s (WAL, synchronous=FULL, in %s)%s\n", r.Baseline, r.BaselineDir, of)
+		if r.BaselinePostgres {
+			fmt.Fprintf(w, "baseline: %.0f one-row commits/s on the PostgreSQL of --baseline-db (synchronous_commit on)%s\n", r.Baseline, of)
+		} else {
+			fmt.Fprintf(w, "baseline: %.0f durable single-row commits/s (WAL, synchronous=FULL, in %s)%s\n", r.Baseline, r.BaselineDir, of)
+		}
 		fmt.Fprintf(w, "ratio: %.2f (cycles/s ÷ baseline commits/s%s)\n", r.Ratio, of)
 	}
 	if r.Rate > 0 {

@@ -7,10 +7,12 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -149,6 +151,46 @@ func TestTwoInstancesOnePostgres(t *testing.T) {
 		require.NotEmpty(t, q.Token)
 		require.Contains(t, cli("audit", "export"), p.ID)
 		require.Contains(t, cli("prune", "--older-than", "0s"), "pruned")
+	})
+
+	t.Run("bench spreads its load over both and times PostgreSQL's own commits", func(t *testing.T) {
+		granted := func(p *serveProc) float64 {
+			res, err := http.Get(p.url + "/metrics")
+			require.NoError(t, err)
+			defer res.Body.Close()
+			body, err := io.ReadAll(res.Body)
+			require.NoError(t, err)
+			m := regexp.MustCompile(`(?m)^agentotp_http_requests_total\{code="201",route="POST /api/v1/permissions/request"\} (\S+)$`).FindSubmatch(body)
+			if m == nil {
+				return 0
+			}
+			n, err := strconv.ParseFloat(string(m[1]), 64)
+			require.NoError(t, err)
+			return n
+		}
+		before := []float64{granted(a), granted(b)}
+		code, out, errs := runEnv(t, vars, "bench", "--url", a.url+","+b.url, "--one-call", "--concurrency", "4", "--agents", "2",
+			"--duration", "1s", "--baseline", "--baseline-db", dsn, "--baseline-duration", "300ms", "--json")
+		require.Equal(t, 0, code, "%s %s", out, errs)
+		require.NotContains(t, out+errs, "pw-never-logged")
+		var rep struct {
+			Cycles           int64
+			Failures         int64
+			BaselinePostgres bool
+			Runs             []struct {
+				Baseline float64 `json:"baselineCommitsPerSec"`
+				Ratio    float64 `json:"ratio"`
+			}
+		}
+		require.NoError(t, json.Unmarshal([]byte(out), &rep))
+		require.Positive(t, rep.Cycles)
+		require.Zero(t, rep.Failures)
+		require.True(t, rep.BaselinePostgres)
+		require.Positive(t, rep.Runs[0].Baseline)
+		require.Positive(t, rep.Runs[0].Ratio)
+		for i, p := range []*serveProc{a, b} {
+			require.Greater(t, granted(p), before[i], "instance %d got load", i)
+		}
 	})
 
 	t.Run("kill -9 one instance under load: the other keeps serving, the trail verifies", func(t *testing.T) {
