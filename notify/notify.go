@@ -78,6 +78,11 @@ func (l *Log) NotifyPending(ctx context.Context, p *agentotp.Permission, a *agen
 
 // NotifyResolved logs the outcome.
 func (l *Log) NotifyResolved(ctx context.Context, p *agentotp.Permission) error {
+	if p.Decision.Effect != agentotp.EffectRequireApproval {
+		// Decided by policy at once: never announced as pending, so
+		// there is nothing to close (and one line per call is noise).
+		return nil
+	}
 	l.Logger.InfoContext(ctx, "request resolved", "id", p.ID, "status", p.Status, "decided_by", p.DecidedBy,
 		"reason", clip(p.DecisionReason))
 	return nil

@@ -75,3 +75,24 @@ func TestLogNamesTheRequestAndTheCommand(t *testing.T) {
 	}
 	require.Less(t, len(out), 700, "agent text is capped")
 }
+
+// The log closes what it announced: a person's request, not one the
+// policy decided at once.
+func TestLogResolvedOnlyForRequestsThatWaited(t *testing.T) {
+	for _, tc := range []struct {
+		effect agentotp.Effect
+		logged bool
+	}{
+		{agentotp.EffectRequireApproval, true},
+		{agentotp.EffectAutoApprove, false},
+		{agentotp.EffectDeny, false},
+	} {
+		t.Run(tc.effect.String(), func(t *testing.T) {
+			var buf bytes.Buffer
+			l := &notify.Log{Logger: slog.New(slog.NewTextHandler(&buf, nil))}
+			p := &agentotp.Permission{ID: "perm_x", Status: agentotp.StatusUsed, Decision: agentotp.Decision{Effect: tc.effect}}
+			require.NoError(t, l.NotifyResolved(context.Background(), p))
+			require.Equal(t, tc.logged, strings.Contains(buf.String(), "request resolved"), buf.String())
+		})
+	}
+}

@@ -33,6 +33,9 @@ func (l *Live) NotifyPending(_ context.Context, p *agentotp.Permission, _ *agent
 
 // NotifyResolved implements agentotp.Notifier.
 func (l *Live) NotifyResolved(_ context.Context, p *agentotp.Permission) error {
+	if p.Decision.Effect != agentotp.EffectRequireApproval {
+		return nil // decided by policy at once: never on a pending list
+	}
 	l.publish(liveEvent{kind: "resolved", id: p.ID})
 	return nil
 }

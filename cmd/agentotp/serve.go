@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -137,7 +138,16 @@ func adminKey(cfg Config) (key agentotp.Secret, fresh bool, err error) {
 	return k, true, nil
 }
 
+// serveGCPercent is the collector's target for serve unless GOGC is set:
+// a server's live heap is small and its garbage is per request, so
+// collecting at 5× the live heap rather than 2× trades a few tens of MB for
+// ~10–15 % more request+use cycles per second (BENCHMARKS.md).
+const serveGCPercent = 400
+
 func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
+	if _, set := os.LookupEnv("GOGC"); !set {
+		debug.SetGCPercent(serveGCPercent)
+	}
 	retention, err := storageSettings(cfg)
 	if err != nil {
 		return err
@@ -317,8 +327,12 @@ func self() string {
 }
 
 // dataFlag is the store flag that reaches the same data as cfg, for hints:
-// a PostgreSQL DSN without its password (the command reads PGPASSWORD).
+// a PostgreSQL DSN without its password (the command reads PGPASSWORD),
+// quoted for the shell.
 func dataFlag(cfg Config) string {
+	if postgresDSN(cfg.DB) {
+		return "--db '" + strings.ReplaceAll(cfg.StoreName(), "'", `'\''`) + "'"
+	}
 	if cfg.DB != "" {
 		return "--db " + cfg.StoreName()
 	}
