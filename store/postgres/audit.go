@@ -29,23 +29,26 @@ const lastAuditSQL = `SELECT coalesce(e.seq, 0), coalesce(e.hash, ''), coalesce(
 const insertAuditSQL = `INSERT INTO audit_events (` + auditColumns + `)
 	VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)`
 
-// trailSQL reads, for the trail check at token issue and use, a
-// permission's stored state, its latest state-moving event and the latest
-// event that issued it a token (a token_issue, or a policy's approval
-// carrying its token), in one statement; each subquery walks the
-// permission's own events backwards on audit_events_permission.
-var trailSQL = `SELECT p.status, p.uses_remaining, coalesce(p.token_hash, ''),
-	coalesce(s.type, ''), s.details_json, coalesce(s.token_ref, ''),
-	coalesce(i.type, ''), i.details_json, coalesce(i.token_ref, '')
-	FROM permissions AS p
-	LEFT JOIN LATERAL (SELECT type, details_json, token_ref FROM audit_events
+// trailLaterals join, to the permission p, its latest state-moving event
+// (s) and the latest event that issued it a token (i: a token_issue, or a
+// policy's approval carrying its token); each walks the permission's own
+// events backwards on audit_events_permission.
+var trailLaterals = `LEFT JOIN LATERAL (SELECT type, details_json, token_ref FROM audit_events
 		WHERE permission_id = p.id AND type IN ('` + strings.Join(eventTypeNames(agentotp.TrailEventTypes), "', '") + `')
 		ORDER BY seq DESC LIMIT 1) AS s ON true
 	LEFT JOIN LATERAL (SELECT type, details_json, token_ref FROM audit_events
 		WHERE permission_id = p.id AND (type = '` + string(agentotp.EventTokenIssue) + `'
 			OR type = '` + string(agentotp.EventApprove) + `' AND jsonb_typeof(details_json::jsonb -> 'token') = 'object')
-		ORDER BY seq DESC LIMIT 1) AS i ON true
-	WHERE p.id = $1`
+		ORDER BY seq DESC LIMIT 1) AS i ON true`
+
+// trailColumns are what the trail check reads (see trailRow.dest).
+const trailColumns = `p.status, p.uses_remaining, coalesce(p.token_hash, ''),
+	coalesce(s.type, ''), s.details_json, coalesce(s.token_ref, ''),
+	coalesce(i.type, ''), i.details_json, coalesce(i.token_ref, '')`
+
+// trailSQL reads, for the trail check at token issue and use, a
+// permission's stored state and its latest events, in one statement.
+var trailSQL = `SELECT ` + trailColumns + ` FROM permissions AS p ` + trailLaterals + ` WHERE p.id = $1`
 
 func eventTypeNames(ts []agentotp.EventType) []string {
 	out := make([]string, len(ts))
@@ -80,14 +83,19 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 	if !representable(e.Time) {
 		return agentotp.ValidationError("time", "must be between the years 1678 and 2262")
 	}
-	h := t.head
+	h := &t.w.head
 	if !h.known {
-		var l auditLink
-		err := t.scan(lastAuditSQL, nil, &l.seq, &l.hash, &l.mac,
-			&l.head.Seq, &l.head.Hash, &l.head.MAC, &l.head.KeyID)
-		if err != nil {
-			return storeErr("read audit head", err)
+		// The link is read at BEGIN, under the writer lock: send that if
+		// it is still queued.
+		if !t.w.linkRead {
+			if err := t.flush(); err != nil {
+				return storeErr("read audit head", err)
+			}
+			if t.failed != nil {
+				return t.aborted()
+			}
 		}
+		l := t.w.link
 		if err := t.s.checkLink(l); err != nil {
 			return err
 		}
@@ -98,7 +106,8 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 		h.known = true
 	}
 	lastSeq, lastHash := h.seq, h.hash
-	if e.ID == "" {
+	drawn := e.ID == ""
+	if drawn {
 		e.ID = agentotp.NewEventID()
 	}
 	e.Seq, e.PrevHash, e.TokenRef, e.MAC = lastSeq+1, lastHash, "", ""
@@ -118,8 +127,11 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 		e.MAC = key.EventMAC(e)
 	}
 	// Nothing reads the insert's result: it travels with the next
-	// statement, or at the end of the job, which fails if it fails.
-	err = t.later("append audit event", failure{conflict: "audit event id already used"}, insertAuditSQL,
+	// statement. An event whose id the store drew and whose every value
+	// PostgreSQL takes for certain may travel with the next job's, or with
+	// the COMMIT; any other is sent before the job counts as done.
+	err = t.later("append audit event", failure{conflict: "audit event id already used"},
+		drawn && certain(e), insertAuditSQL,
 		e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
 		e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
 		string(e.DetailsJSON), e.PrevHash, e.Hash, nullString(e.MAC), nullString(e.TokenRef))
@@ -128,6 +140,20 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 	}
 	h.seq, h.hash, h.moved = e.Seq, e.Hash, true
 	return nil
+}
+
+// certain reports whether an audit insert of e cannot fail on its values:
+// texts PostgreSQL stores and indexes, details its json parser takes.
+// (Only a reused id or sequence number could still fail it; the store drew
+// the id, and the writer lock orders the sequence.)
+func certain(e *agentotp.AuditEvent) bool {
+	for _, v := range []string{string(e.ID), string(e.Type), e.ActorType, e.ActorID, string(e.AgentID),
+		string(e.PermissionID), e.RequestID, e.PrevHash, e.Hash, e.MAC, e.TokenRef} {
+		if !storable(v, 512) {
+			return false
+		}
+	}
+	return storable(string(e.DetailsJSON), 1<<20) && shallowJSON(e.DetailsJSON)
 }
 
 // auditLink is the newest event's link and the recorded head.
@@ -168,19 +194,10 @@ func (s *Store) checkLink(l auditLink) error {
 	return nil
 }
 
+// writeHeadSQL records the batch's newest link, with its MAC and key id
+// when the store has a key.
 const writeHeadSQL = `INSERT INTO audit_head (id, seq, hash, mac, key_id) VALUES (1, $1, $2, $3, $4)
 	ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac, key_id = excluded.key_id`
-
-// writeHead records the batch's newest link, with its MAC and key id when
-// the store has a key.
-func (s *Store) writeHead(ctx context.Context, q querier, h *auditHead) error {
-	var mac, keyID any
-	if key := s.auditKey; key != nil {
-		mac, keyID = key.HeadMAC(h.seq, h.hash), key.ID()
-	}
-	_, err := q.Exec(ctx, writeHeadSQL, h.seq, h.hash, mac, keyID)
-	return storeErr("write audit head", err)
-}
 
 // checkTrail holds a token issue or use about to be recorded by e to the
 // latest events already recorded for its permission (see AppendAudit), and
@@ -188,28 +205,24 @@ func (s *Store) writeHead(ctx context.Context, q querier, h *auditHead) error {
 // events it reads are taken as stored (checking their hashes and MACs, and
 // the whole history, is verification's job).
 func (t *tx) checkTrail(e *agentotp.AuditEvent) error {
-	var (
-		status                  agentotp.Status
-		remaining               int
-		tokenHash               string
-		lastType, issType       agentotp.EventType
-		lastDetails, issDetails *string
-		lastRef, issRef         string
-	)
-	err := t.scan(trailSQL, []any{string(e.PermissionID)}, &status, &remaining, &tokenHash,
-		&lastType, &lastDetails, &lastRef, &issType, &issDetails, &issRef)
-	if errors.Is(err, pgx.ErrNoRows) {
-		return nil // no row to hold to the trail
-	}
-	if err != nil {
-		return storeErr("read permission trail", err)
+	r := t.trail
+	t.trail = nil
+	if r == nil || r.id != e.PermissionID {
+		r = &trailRow{}
+		err := t.scan(trailSQL, []any{string(e.PermissionID)}, r.dest()...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // no row to hold to the trail
+		}
+		if err != nil {
+			return storeErr("read permission trail", err)
+		}
 	}
 	var trail agentotp.PermissionTrail
-	if issType != "" && lastType != agentotp.EventTokenIssue {
-		trail.Apply(&agentotp.AuditEvent{Type: issType, TokenRef: issRef, DetailsJSON: []byte(deref(issDetails))})
+	if r.issType != "" && r.lastType != agentotp.EventTokenIssue {
+		trail.Apply(&agentotp.AuditEvent{Type: r.issType, TokenRef: r.issRef, DetailsJSON: []byte(deref(r.issDetails))})
 	}
-	if lastType != "" {
-		trail.Apply(&agentotp.AuditEvent{Type: lastType, TokenRef: lastRef, DetailsJSON: []byte(deref(lastDetails))})
+	if r.lastType != "" {
+		trail.Apply(&agentotp.AuditEvent{Type: r.lastType, TokenRef: r.lastRef, DetailsJSON: []byte(deref(r.lastDetails))})
 	}
 	key := t.s.auditKey
 	var why string
@@ -220,16 +233,33 @@ func (t *tx) checkTrail(e *agentotp.AuditEvent) error {
 		} else {
 			why = trail.RefuseIssue()
 		}
-		if why == "" && key != nil && tokenHash != "" {
-			e.TokenRef = key.TokenRef(tokenHash)
+		if why == "" && key != nil && r.tokenHash != "" {
+			e.TokenRef = key.TokenRef(r.tokenHash)
 		}
 	case agentotp.EventUse:
-		why = trail.RefuseUse(remaining, tokenHash, key)
+		why = trail.RefuseUse(r.remaining, r.tokenHash, key)
 	}
 	if why != "" {
 		return agentotp.Errorf(agentotp.CodeConflict, "permission %s refused: its stored state disagrees with its audit trail (%s)", e.PermissionID, why)
 	}
 	return nil
+}
+
+// trailRow is a permission's row and latest events as the trail check
+// reads them (trailColumns).
+type trailRow struct {
+	id                      agentotp.PermissionID
+	status                  agentotp.Status
+	remaining               int
+	tokenHash               string
+	lastType, issType       agentotp.EventType
+	lastDetails, issDetails *string
+	lastRef, issRef         string
+}
+
+func (r *trailRow) dest() []any {
+	return []any{&r.status, &r.remaining, &r.tokenHash,
+		&r.lastType, &r.lastDetails, &r.lastRef, &r.issType, &r.issDetails, &r.issRef}
 }
 
 const readHeadSQL = `SELECT seq, hash, coalesce(mac, ''), coalesce(key_id, '') FROM audit_head WHERE id = 1`

@@ -72,13 +72,18 @@ var (
 // re-checks the WHERE clause against the newest row version after any
 // concurrent update of the row. At exactly token_expires_at the token is
 // already dead.
-const spendTokenSQL = `UPDATE permissions SET
+//
+// The same statement reads what the trail check of the use event that
+// follows needs (the row as spent, the permission's latest events), saving
+// that check a round trip under the writer lock: nothing can come between.
+var spendTokenSQL = `WITH p AS (UPDATE permissions SET
 	uses_remaining = uses_remaining - 1,
 	status = CASE WHEN uses_remaining = 1 THEN 'used' ELSE status END,
 	updated_at = $1
 	WHERE id = $2 AND agent_id = $3 AND token_hash = $4 AND status = 'approved'
 	AND uses_remaining > 0 AND token_expires_at > $5
-	RETURNING uses_remaining`
+	RETURNING id, status, uses_remaining, token_hash)
+	SELECT ` + trailColumns + ` FROM p ` + trailLaterals
 
 // permissionArgs returns the values of mutablePermissionColumns, in order.
 func permissionArgs(p *agentotp.Permission) ([]any, error) {
@@ -383,8 +388,8 @@ func (t *tx) IssueToken(_ context.Context, id agentotp.PermissionID, hash string
 
 // SpendToken consumes one use in a single conditional UPDATE.
 func (t *tx) SpendToken(_ context.Context, id agentotp.PermissionID, agent agentotp.AgentID, hash string, now time.Time) (int, error) {
-	var left int
-	err := t.scan(spendTokenSQL, []any{nanos(now), string(id), string(agent), hash, now.UnixNano()}, &left)
+	r := &trailRow{id: id}
+	err := t.scan(spendTokenSQL, []any{nanos(now), string(id), string(agent), hash, now.UnixNano()}, r.dest()...)
 	if errors.Is(err, pgx.ErrNoRows) {
 		// Wrong permission, agent or token, not approved, used up or
 		// expired: the caller re-reads the row to explain which.
@@ -393,5 +398,6 @@ func (t *tx) SpendToken(_ context.Context, id agentotp.PermissionID, agent agent
 	if err != nil {
 		return 0, storeErr("spend token", err)
 	}
-	return left, nil
+	t.trail = r // for AppendAudit, if it comes next
+	return r.remaining, nil
 }

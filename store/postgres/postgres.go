@@ -79,7 +79,7 @@ type Store struct {
 	lockTimeout time.Duration
 	log         *slog.Logger
 	schema      string
-	beginSQL    string // BEGIN, the transaction's settings and the writer lock
+	beginSQL    [3]string // BEGIN, the transaction's settings, the writer lock
 
 	commits, updates atomic.Int64
 
@@ -122,10 +122,11 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, storeErr("connect", err)
 	}
-	// The statement holds only numbers formatted here.
-	s.beginSQL = fmt.Sprintf("BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL lock_timeout = %d; "+
-		"SET LOCAL idle_in_transaction_session_timeout = %d; SELECT pg_advisory_xact_lock(%d)",
-		lockTimeout.Milliseconds(), idleInTransaction.Milliseconds(), s.lockKey("writer"))
+	// The statements hold only numbers formatted here.
+	s.beginSQL = [3]string{"BEGIN ISOLATION LEVEL READ COMMITTED",
+		fmt.Sprintf("SELECT set_config('lock_timeout', '%d', true), set_config('idle_in_transaction_session_timeout', '%d', true)",
+			lockTimeout.Milliseconds(), idleInTransaction.Milliseconds()),
+		fmt.Sprintf("SELECT pg_advisory_xact_lock(%d)", s.lockKey("writer"))}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -301,7 +302,7 @@ func (s *Store) runBatch(batch []*job) {
 	}()
 	ctx, cancel := context.WithTimeout(context.Background(), s.lockTimeout+batchTimeout)
 	defer cancel()
-	pgTx, err := s.pool.BeginTx(ctx, pgx.TxOptions{BeginQuery: s.beginSQL})
+	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		err = storeErr("begin transaction", err)
 		for i := range results {
@@ -309,31 +310,50 @@ func (s *Store) runBatch(batch []*job) {
 		}
 		return
 	}
-	single := len(batch) == 1
-	ok := 0
-	head := &auditHead{}
+	w := &wtx{s: s, conn: conn.Conn(), ctx: ctx, nested: len(batch) > 1, results: results,
+		heads: make([]auditHead, len(batch))}
+	defer func() {
+		// A transaction left open by a failure ends here, so that the
+		// connection goes back to the pool clean and the lock is freed.
+		if conn.Conn().PgConn().TxStatus() != 'I' {
+			rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
+			_, _ = conn.Exec(rctx, "ROLLBACK")
+			rcancel()
+		}
+		conn.Release()
+	}()
+	// BEGIN, the writer lock and the read of the chain's head travel with
+	// the first statement.
+	w.pending = append(w.pending, queued{sql: s.beginSQL[0], op: "begin transaction", job: -1},
+		queued{sql: s.beginSQL[1], op: "begin transaction", job: -1},
+		queued{sql: s.beginSQL[2], op: "take the writer lock", job: -1},
+		queued{sql: lastAuditSQL, op: "read audit head", job: -1, read: w.readLink})
 	for i, j := range batch {
 		if err := j.ctx.Err(); err != nil {
 			results[i].err = err
 			continue
 		}
-		before := *head
-		t := &tx{s: s, q: pgTx, ctx: ctx, head: head}
-		if !single {
+		w.heads[i] = w.head
+		t := &tx{w: w, s: s, i: i, start: len(w.pending)}
+		w.cur = t
+		if w.nested {
 			// Sent with the job's first statement. Savepoints are never
 			// released: each job's nests in the one before, and COMMIT
 			// ends them all.
-			t.pending, t.savepoint = []queued{{sql: "SAVEPOINT job", op: "savepoint"}}, true
+			w.pending = append(w.pending, queued{sql: "SAVEPOINT job", op: "savepoint", job: i, savepoint: true})
+			t.spQueued = true
 		}
 		results[i] = runJob(j, t)
 		if results[i].err == nil && !results[i].panicked {
-			// The job's deferred statements (its audit inserts) must
-			// succeed for it to count.
-			if t.savepoint && len(t.pending) == 1 {
-				t.pending = nil // nothing was written: no savepoint needed
+			if t.spQueued && len(w.pending) == t.start+1 {
+				w.pending = w.pending[:t.start] // nothing was written: no savepoint needed
 			}
-			if err := t.flush(); err != nil {
-				results[i].err = err
+			// A queued statement that may fail on its own must succeed
+			// for the job to count.
+			if t.mustFlush {
+				if err := t.flush(); err != nil {
+					results[i].err = err
+				}
 			}
 		}
 		if results[i].err == nil && !results[i].panicked && t.failed != nil {
@@ -341,53 +361,93 @@ func (s *Store) runBatch(batch []*job) {
 			// everything after that until the savepoint is rolled back.
 			results[i].err = storeErr("update", t.failed)
 		}
-		if t.broken != nil {
-			s.abort(pgTx, results, storeErr("savepoint", t.broken))
+		w.cur = nil
+		if w.broken != nil {
+			s.abort(results, w.broken)
 			return
 		}
 		if results[i].err == nil && !results[i].panicked {
-			ok++
 			continue
 		}
-		if single {
-			_ = pgTx.Rollback(ctx)
+		if !w.nested {
+			return // the deferred ROLLBACK ends what was sent
+		}
+		if t.lost {
+			continue // an earlier job's failure rolled this one back too
+		}
+		w.head = w.heads[i] // the job's appends are rolled back with it
+		w.pending = w.pending[:t.start]
+		if !t.spQueued {
+			w.rollbackJob()
+			if w.broken != nil {
+				s.abort(results, w.broken)
+				return
+			}
+		}
+	}
+	s.commit(w)
+}
+
+// commit sends the queued statements, the audit head and COMMIT in one
+// round trip. If a job's queued statement fails there, that job and those
+// after it are rolled back and the others commit.
+func (s *Store) commit(w *wtx) {
+	for {
+		ok := 0
+		for _, r := range w.results {
+			if r.err == nil && !r.panicked {
+				ok++
+			}
+		}
+		if ok == 0 {
+			return // nothing to commit; the deferred ROLLBACK ends what was sent
+		}
+		// Even Updates that wrote nothing take the writer lock and commit:
+		// they are ordered after every write before them.
+		if w.head.moved {
+			var mac, keyID any
+			if key := s.auditKey; key != nil {
+				mac, keyID = key.HeadMAC(w.head.seq, w.head.hash), key.ID()
+			}
+			w.pending = append(w.pending, queued{sql: writeHeadSQL, args: []any{w.head.seq, w.head.hash, mac, keyID},
+				op: "write audit head", job: -1})
+		}
+		w.pending = append(w.pending, queued{sql: "COMMIT", op: "commit", job: -1, read: func(br pgx.BatchResults) error {
+			tag, err := br.Exec()
+			if err == nil && tag.String() != "COMMIT" {
+				err = errors.New("the transaction was rolled back")
+			}
+			return err
+		}})
+		br, err := w.send(nil)
+		if err == nil {
+			err = br.Close()
+		}
+		if w.broken != nil {
+			s.abort(w.results, w.broken)
 			return
 		}
-		*head = before // the job's appends are rolled back with it
-		if t.savepoint {
-			continue // its savepoint was never sent: neither was anything else
-		}
-		if _, err := pgTx.Exec(ctx, "ROLLBACK TO SAVEPOINT job"); err != nil {
-			s.abort(pgTx, results, storeErr("roll back savepoint", err))
+		if err == nil {
+			s.commits.Add(1)
+			s.updates.Add(int64(ok))
 			return
 		}
+		// A job's queued statement failed: lose rolled it back with the
+		// jobs after it; commit the others.
 	}
-	if ok == 0 {
-		_ = pgTx.Rollback(ctx)
-		return
-	}
-	if head.moved {
-		if err := s.writeHead(ctx, pgTx, head); err != nil {
-			s.abort(pgTx, results, err)
-			return
-		}
-	}
-	if err := pgTx.Commit(ctx); err != nil {
-		s.abort(nil, results, storeErr("commit", err))
-		return
-	}
-	s.commits.Add(1)
-	s.updates.Add(int64(ok))
+}
+
+// readLink reads lastAuditSQL's answer in a batch.
+func (w *wtx) readLink(br pgx.BatchResults) error {
+	l := &w.link
+	err := br.QueryRow().Scan(&l.seq, &l.hash, &l.mac, &l.head.Seq, &l.head.Hash, &l.head.MAC, &l.head.KeyID)
+	w.linkRead = err == nil
+	return err
 }
 
 // abort fails every job that had not failed on its own: the transaction
-// holding their changes is gone.
-func (s *Store) abort(pgTx pgx.Tx, results []jobResult, err error) {
-	if pgTx != nil {
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		_ = pgTx.Rollback(ctx)
-		cancel()
-	}
+// holding their changes is gone (runBatch rolls it back).
+func (s *Store) abort(results []jobResult, err error) {
 	for i := range results {
 		if results[i].err == nil && !results[i].panicked {
 			results[i].err = err
