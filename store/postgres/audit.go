@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -139,7 +140,29 @@ func (t *tx) AppendAudit(_ context.Context, e *agentotp.AuditEvent) error {
 		return err
 	}
 	h.seq, h.hash, h.moved = e.Seq, e.Hash, true
+	t.follow(e)
 	return nil
+}
+
+// follow keeps the trail read for the next check (tx.trail) what trailSQL
+// would read once e is inserted. e becomes its permission's latest
+// state-moving event (s), and a token_issue its latest issuing one (i).
+// An approve may issue a token or not depending on how PostgreSQL parses
+// its details: the trail is read again.
+func (t *tx) follow(e *agentotp.AuditEvent) {
+	r := t.trail
+	if r == nil || e.PermissionID != r.id || !slices.Contains(agentotp.TrailEventTypes, e.Type) {
+		return // the events trailSQL reads are unchanged
+	}
+	if e.Type == agentotp.EventApprove {
+		t.trail = nil
+		return
+	}
+	details := string(e.DetailsJSON)
+	r.lastType, r.lastDetails, r.lastRef = e.Type, &details, e.TokenRef
+	if e.Type == agentotp.EventTokenIssue {
+		r.issType, r.issDetails, r.issRef = e.Type, &details, e.TokenRef
+	}
 }
 
 // certain reports whether an audit insert of e cannot fail on its values:

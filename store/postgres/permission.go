@@ -52,10 +52,14 @@ var (
 	selectIdempotency = selectPermission + ` WHERE agent_id = $1 AND idempotency_key = $2 AND idempotency_key <> ''`
 
 	// A conflict on any unique key (id, idempotency key) inserts nothing
-	// instead of failing, so the transaction stays usable and the caller
-	// may go on after ErrConflict as it can with the SQLite store.
-	insertPermissionSQL = `INSERT INTO permissions (` + permissionColumns + `) VALUES (` +
-		params(1, len(allPermissionColumns)) + `) ON CONFLICT DO NOTHING`
+	// (and returns no row) instead of failing, so the transaction stays
+	// usable and the caller may go on after ErrConflict as it can with the
+	// SQLite store. The same statement reads what the trail check of a
+	// token the request's approval issues needs (see SpendToken).
+	insertPermissionSQL = `WITH p AS (INSERT INTO permissions (` + permissionColumns + `) VALUES (` +
+		params(1, len(allPermissionColumns)) + `) ON CONFLICT DO NOTHING
+		RETURNING id, status, uses_remaining, token_hash)
+		SELECT ` + trailColumns + ` FROM p ` + trailLaterals
 
 	updatePermissionSQL = func() string {
 		set := make([]string, len(mutablePermissionColumns))
@@ -331,13 +335,15 @@ func (t *tx) CreatePermission(_ context.Context, p *agentotp.Permission) error {
 	}
 	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, tool...)
 	all = append(all, args...)
-	tag, err := t.exec(insertPermissionSQL, all...)
+	r := &trailRow{id: p.ID}
+	err = t.scan(insertPermissionSQL, all, r.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return errConflict("permission already exists (id, idempotency key or token)")
+	}
 	if err != nil {
 		return storeErr("create permission", err, failure{missing: "agent not found"})
 	}
-	if tag.RowsAffected() == 0 {
-		return errConflict("permission already exists (id, idempotency key or token)")
-	}
+	t.trail = r // for AppendAudit (see follow)
 	return nil
 }
 

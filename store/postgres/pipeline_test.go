@@ -2,6 +2,7 @@ package postgres_test
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -94,5 +95,117 @@ func TestQueuedAuditInsertFailsLate(t *testing.T) {
 		return nil
 	}))
 	require.Equal(t, []string{"a", "d", "e"}, actors)
+	verified(t, s)
+}
+
+// CreatePermission and SpendToken read the trail check's data in their own
+// statement, and the events appended after them keep it current: the
+// check must decide exactly as it does when it reads the trail afresh (a
+// read in between makes it do so).
+func TestTrailReadWithTheWrite(t *testing.T) {
+	ctx := context.Background()
+	dsn := pgtest.NewDatabase(t)
+	s := open(t, dsn, postgres.Options{AuditKey: testKey(t)})
+	agent := newAgent(t, s, "trail")
+	token := map[string]any{"token": map[string]any{"uses": 1}}
+	cases := map[string][]agentotp.EventType{
+		"request, approve":              {agentotp.EventRequest, agentotp.EventApprove},
+		"approve alone":                 {agentotp.EventApprove},
+		"request, token_issue":          {agentotp.EventRequest, agentotp.EventTokenIssue},
+		"request, deny, approve":        {agentotp.EventRequest, agentotp.EventDeny, agentotp.EventApprove},
+		"request, approve, use":         {agentotp.EventRequest, agentotp.EventApprove, agentotp.EventUse},
+		"use alone":                     {agentotp.EventUse},
+		"token_issue alone":             {agentotp.EventTokenIssue},
+		"request, expire, token_issue":  {agentotp.EventRequest, agentotp.EventExpire, agentotp.EventTokenIssue},
+		"request, decide_rejected, use": {agentotp.EventRequest, agentotp.EventDecideRejected, agentotp.EventUse},
+	}
+	run := func(types []agentotp.EventType, reread bool) (string, []string) {
+		hash := agentotp.HashSecret(string(agentotp.NewToken()))
+		p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: agent.ID, Action: "db.query",
+			Status: agentotp.StatusApproved, CreatedAt: t0, Decision: agentotp.Decision{Effect: agentotp.EffectAutoApprove},
+			Uses: 1, UsesRemaining: 1, TokenExpiresAt: t0.Add(time.Hour), TokenHash: hash, TokenIssuedAt: t0}
+		var refs []string
+		err := s.Update(ctx, func(tx agentotp.Tx) error {
+			if err := tx.CreatePermission(ctx, p); err != nil {
+				return err
+			}
+			for _, typ := range types {
+				if reread {
+					if _, err := tx.Agent(ctx, agent.ID); err != nil {
+						return err
+					}
+				}
+				var details map[string]any
+				switch typ {
+				case agentotp.EventApprove:
+					details = token
+				case agentotp.EventTokenIssue:
+					details = map[string]any{"uses": 1}
+				case agentotp.EventUse:
+					details = map[string]any{"usesRemaining": 1}
+				}
+				e := event(typ, p, details)
+				if err := tx.AppendAudit(ctx, e); err != nil {
+					return err
+				}
+				refs = append(refs, e.TokenRef)
+			}
+			return nil
+		})
+		msg := "ok"
+		if err != nil {
+			msg = strings.ReplaceAll(err.Error(), string(p.ID), "P")
+		}
+		return msg, refs
+	}
+	for name, types := range cases {
+		cached, cachedRefs := run(types, false)
+		fresh, freshRefs := run(types, true)
+		require.Equal(t, fresh, cached, name)
+		require.Equal(t, len(freshRefs), len(cachedRefs), name)
+		for i := range freshRefs {
+			require.Equal(t, freshRefs[i] == "", cachedRefs[i] == "", name)
+		}
+	}
+
+	// A spend followed by its use, and by a use of another permission.
+	hash := agentotp.HashSecret(string(agentotp.NewToken()))
+	p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: agent.ID, Action: "db.query",
+		Status: agentotp.StatusApproved, CreatedAt: t0, Decision: agentotp.Decision{Effect: agentotp.EffectAutoApprove},
+		Uses: 2, UsesRemaining: 2, TokenExpiresAt: t0.Add(time.Hour), TokenHash: hash, TokenIssuedAt: t0}
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error {
+		if err := request(ctx, tx, p); err != nil {
+			return err
+		}
+		return tx.AppendAudit(ctx, event(agentotp.EventApprove, p, map[string]any{"token": map[string]any{"uses": 2}}))
+	}))
+	use := func() error {
+		return s.Update(ctx, func(tx agentotp.Tx) error {
+			left, err := tx.SpendToken(ctx, p.ID, agent.ID, hash, t0.Add(time.Second))
+			if err != nil {
+				return err
+			}
+			return tx.AppendAudit(ctx, event(agentotp.EventUse, p, map[string]any{"usesRemaining": left}))
+		})
+	}
+	db := raw(t, dsn)
+	_, err := db.Exec(ctx, `UPDATE permissions SET uses_remaining = 5 WHERE id = $1`, string(p.ID))
+	require.NoError(t, err)
+	err = use()
+	require.ErrorIs(t, err, agentotp.ErrConflict, "a use of a row given more uses behind the trail's back is refused")
+	require.ErrorContains(t, err, "audit events leave 2 uses, the stored row 5")
+	_, err = db.Exec(ctx, `UPDATE permissions SET uses_remaining = 2 WHERE id = $1`, string(p.ID))
+	require.NoError(t, err)
+	require.NoError(t, use())
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error {
+		left, err := tx.SpendToken(ctx, p.ID, agent.ID, hash, t0.Add(time.Second))
+		if err != nil {
+			return err
+		}
+		if err := tx.AppendAudit(ctx, event(agentotp.EventDecideRejected, p, nil)); err != nil {
+			return err // not a trail event: the read stays current
+		}
+		return tx.AppendAudit(ctx, event(agentotp.EventUse, p, map[string]any{"usesRemaining": left}))
+	}))
 	verified(t, s)
 }

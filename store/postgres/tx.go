@@ -67,8 +67,10 @@ type tx struct {
 	// of its own: send it before the job counts as done, so that its
 	// failure fails this job and not the next.
 	mustFlush bool
-	// trail is what the statement just run read for the trail check of the
-	// event that may come next; any other statement drops it.
+	// trail is what the statement just run read for the trail check of an
+	// event that may come next, kept up to date by the audit events
+	// appended since (follow); any other statement drops it. Only audit
+	// inserts (AppendAudit's) may be queued while it is kept.
 	trail *trailRow
 	// lost says an earlier job's queued statement failed in this job's
 	// round trip and took this job down with it: its savepoint never ran.
@@ -114,7 +116,6 @@ func (t *tx) aborted() error {
 // anyway (the connection, the server), so it may travel with the next
 // job's statements.
 func (t *tx) later(op string, f failure, safe bool, sql string, args ...any) error {
-	t.trail = nil
 	if t.failed != nil {
 		return t.aborted()
 	}
