@@ -2,8 +2,12 @@ package main
 
 import (
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
 	"fmt"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -29,8 +33,12 @@ func telegramSetup(ctx context.Context, cfg Config, publicURL string, logger *sl
 	if err != nil || chat == 0 {
 		return nil, fmt.Errorf("telegram-chat: must be a numeric Telegram chat id (groups are negative, e.g. -1001234567890), not %q", cfg.TelegramChat)
 	}
+	buttonKey, err := telegramButtonKey(cfg)
+	if err != nil {
+		return nil, err
+	}
 	opts := telegram.Options{
-		Token: cfg.TelegramToken, ChatID: chat, APIURL: cfg.TelegramAPIURL, Mode: cfg.TelegramMode,
+		Token: cfg.TelegramToken, ChatID: chat, ButtonKey: buttonKey, APIURL: cfg.TelegramAPIURL, Mode: cfg.TelegramMode,
 		WebhookSecret: cfg.TelegramWebhookSecret, PublicURL: publicURL, Logger: logger,
 	}
 	if cfg.TelegramMode == telegram.ModeWebhook {
@@ -48,4 +56,41 @@ func telegramSetup(ctx context.Context, cfg Config, publicURL string, logger *sl
 	}
 	logger.Info("telegram: approval requests go to chat", "chat", chat, "bot", "@"+n.Username(), "mode", cfg.TelegramMode)
 	return n, nil
+}
+
+// telegramButtonKey derives the key that signs the buttons from the audit
+// key, which every instance sharing a database must already hold, so a
+// press works on whichever instance receives it. agentotp.AuditKey does not
+// give out its bytes or a sub-key, so they are read from the same source
+// auditKey uses, after auditKey has checked it (and created the default
+// file on first use).
+func telegramButtonKey(cfg Config) ([]byte, error) {
+	// First, so that with PostgreSQL a missing shared key is an error
+	// rather than a local key file made here.
+	if err := sharedKeys(cfg); err != nil {
+		return nil, err
+	}
+	if _, err := auditKey(cfg); err != nil {
+		return nil, err
+	}
+	var raw []byte
+	var err error
+	switch {
+	case cfg.AuditKeyFile != "":
+		raw, err = os.ReadFile(cfg.AuditKeyFile)
+	case cfg.AuditKey != "":
+		raw = []byte(cfg.AuditKey.Reveal())
+	default:
+		raw, err = os.ReadFile(filepath.Join(cfg.Data, auditKeyFile))
+	}
+	if err != nil {
+		return nil, fmt.Errorf("telegram button key: read the audit key: %w", err)
+	}
+	k, err := decodeCallbackKey(string(raw))
+	if err != nil {
+		return nil, fmt.Errorf("telegram button key: audit key: %w", err)
+	}
+	m := hmac.New(sha256.New, k)
+	m.Write([]byte("agentotp telegram buttons v1"))
+	return m.Sum(nil), nil
 }

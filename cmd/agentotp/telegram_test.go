@@ -1,7 +1,14 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -9,6 +16,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
 
 	"github.com/agentotp/agentotp/notify/telegram/telegramtest"
 )
@@ -20,7 +29,8 @@ import (
 func TestServeTelegramApproval(t *testing.T) {
 	bot := telegramtest.New(t)
 	const chat = int64(-1001)
-	withEnv(t, map[string]string{"AGENTOTP_TELEGRAM_TOKEN": bot.Token})
+	auditHex := strings.Repeat("5a", 32)
+	withEnv(t, map[string]string{"AGENTOTP_TELEGRAM_TOKEN": bot.Token, "AGENTOTP_AUDIT_KEY": auditHex})
 	data := t.TempDir()
 	url, _, _, log := startServerLog(t, "--data", data, "--telegram-chat", strconv.FormatInt(chat, 10),
 		"--telegram-api-url", bot.URL)
@@ -49,8 +59,36 @@ func TestServeTelegramApproval(t *testing.T) {
 	}, 10*time.Second, 20*time.Millisecond)
 	require.Contains(t, msg.Visible, "mailer")
 	require.Contains(t, msg.Text, "&lt;b&gt;invoice&lt;/b&gt;", "agent text is escaped")
-	approve := msg.Buttons()[0].Data()
-	require.NotContains(t, approve, id, "buttons carry a nonce, not the id")
+	approve, deny := msg.Buttons()[0].Data(), msg.Buttons()[1].Data()
+	// Buttons carry the id and a MAC under a key derived from the audit
+	// key, so every instance holding that key makes and accepts the same.
+	audit, err := hex.DecodeString(auditHex)
+	require.NoError(t, err)
+	sub := hmac.New(sha256.New, audit)
+	sub.Write([]byte("agentotp telegram buttons v1"))
+	mac := hmac.New(sha256.New, sub.Sum(nil))
+	mac.Write([]byte("a:" + id))
+	require.Equal(t, "a:"+id+"."+base64.RawURLEncoding.EncodeToString(mac.Sum(nil)[:12]), approve)
+	require.LessOrEqual(t, len(approve), 64)
+
+	// Altered data is refused and changes nothing, even from an approver.
+	ann := telegramtest.User{ID: 4242, FirstName: "Ann"}
+	other := "perm_" + strings.Repeat("0", 26)
+	for _, altered := range []string{
+		"a" + deny[1:],                         // flipped decision
+		strings.Replace(approve, id, other, 1), // other id
+		approve[:len(approve)-2] + "AA",        // wrong MAC
+		approve[:len(approve)-4],               // truncated
+	} {
+		u := bot.Press(ann, chat, msg.ID, altered)
+		require.Eventually(t, func() bool { a, ok := bot.Answer(u.CallbackID); return ok && strings.Contains(a.Text, "not valid") },
+			10*time.Second, 20*time.Millisecond, altered)
+	}
+	status, body = call(t, "GET", url+"/api/v1/permissions/"+id, key, nil)
+	require.Equal(t, 200, status)
+	require.Equal(t, "pending", body["status"])
+	now, _ := bot.Message(chat, msg.ID)
+	require.Zero(t, now.Edits)
 
 	stranger := bot.Press(telegramtest.User{ID: 6666, FirstName: "Eve"}, chat, msg.ID, approve)
 	require.Eventually(t, func() bool { _, ok := bot.Answer(stranger.CallbackID); return ok }, 10*time.Second, 20*time.Millisecond)
@@ -65,7 +103,7 @@ func TestServeTelegramApproval(t *testing.T) {
 		got <- b
 	}()
 	time.Sleep(100 * time.Millisecond)
-	bot.Press(telegramtest.User{ID: 4242, FirstName: "Ann"}, chat, msg.ID, approve)
+	bot.Press(ann, chat, msg.ID, approve)
 	select {
 	case b := <-got:
 		require.Equal(t, "approved", b["status"])
@@ -164,4 +202,45 @@ func TestServeTelegramWebhook(t *testing.T) {
 	require.Equal(t, 200, code)
 	_, body = call(t, "GET", url+"/api/v1/permissions/"+id, key, nil)
 	require.Equal(t, "denied", body["status"])
+}
+
+// The button key follows the audit key whatever its source, so instances
+// sharing the audit key share it; another audit key gives another.
+func TestTelegramButtonKey(t *testing.T) {
+	const hexKey = "000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f"
+	dir := t.TempDir()
+	file := filepath.Join(dir, "key")
+	require.NoError(t, os.WriteFile(file, []byte(hexKey+"\n"), 0o600))
+	ref, err := telegramButtonKey(Config{Data: t.TempDir(), AuditKey: hexKey})
+	require.NoError(t, err)
+	require.Len(t, ref, 32)
+	for _, c := range []struct {
+		name string
+		cfg  Config
+		same bool
+	}{
+		{"env, other data dir", Config{Data: t.TempDir(), AuditKey: hexKey}, true},
+		{"file", Config{Data: t.TempDir(), AuditKeyFile: file}, true},
+		{"base64", Config{Data: t.TempDir(), AuditKey: agentotp.Secret(base64.StdEncoding.EncodeToString(mustHex(t, hexKey)))}, true},
+		{"other key", Config{Data: t.TempDir(), AuditKey: agentotp.Secret(strings.Repeat("ab", 32))}, false},
+		{"generated default", Config{Data: t.TempDir()}, false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			got, err := telegramButtonKey(c.cfg)
+			require.NoError(t, err)
+			require.Equal(t, c.same, bytes.Equal(ref, got))
+			again, err := telegramButtonKey(c.cfg)
+			require.NoError(t, err)
+			require.Equal(t, got, again, "stable across starts")
+		})
+	}
+	_, err = telegramButtonKey(Config{Data: t.TempDir(), AuditKey: "abcd"})
+	require.ErrorContains(t, err, "at least 32 bytes")
+}
+
+func mustHex(t *testing.T, s string) []byte {
+	t.Helper()
+	b, err := hex.DecodeString(s)
+	require.NoError(t, err)
+	return b
 }

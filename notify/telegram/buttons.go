@@ -1,7 +1,8 @@
 package telegram
 
 import (
-	"crypto/rand"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/base64"
 	"strings"
 	"sync"
@@ -12,54 +13,107 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// Callback data is "a:<nonce>" (approve) or "d:<nonce>" (deny): 24 bytes,
-// well inside Telegram's 64. The nonce is 128 random bits naming one
-// message, so neither a guessed value nor another request's id can press a
-// button.
+// Callback data is "a:<request id>.<mac>" (approve) or "d:<request
+// id>.<mac>" (deny): 50 bytes, inside Telegram's 64. The MAC is HMAC-SHA256
+// over the part before the dot, truncated to 96 bits, under
+// Options.ButtonKey. Every instance sharing the database holds that key, so
+// any of them can check a press without knowing who sent the message, while
+// a modified client, which can send any callback data, can neither make
+// data for a request it was not shown nor flip a Deny into an Approve.
 const (
 	approvePrefix = "a:"
 	denyPrefix    = "d:"
-	nonceBytes    = 16
+	macBytes      = 12
+	// MinButtonKeyLen is the shortest Options.ButtonKey accepted, in bytes.
+	MinButtonKeyLen = 32
+	// maxData is Telegram's limit on callback data.
+	maxData = 64
 )
 
-func newNonce() string {
-	var b [nonceBytes]byte
-	if _, err := rand.Read(b[:]); err != nil {
-		panic("telegram: crypto/rand failed: " + err.Error())
-	}
-	return base64.RawURLEncoding.EncodeToString(b[:])
+var macLen = base64.RawURLEncoding.EncodedLen(macBytes)
+
+func buttonMAC(key []byte, signed string) []byte {
+	m := hmac.New(sha256.New, key)
+	m.Write([]byte(signed))
+	return m.Sum(nil)[:macBytes]
 }
 
-// parseData splits callback data into the decision and the nonce.
-func parseData(data string) (approve bool, nonce string, ok bool) {
+// buttonData returns the callback data of one button of a request.
+func buttonData(key []byte, approve bool, perm agentotp.PermissionID) string {
+	signed := denyPrefix + string(perm)
+	if approve {
+		signed = approvePrefix + string(perm)
+	}
+	return signed + "." + base64.RawURLEncoding.EncodeToString(buttonMAC(key, signed))
+}
+
+// parseData checks callback data and returns the decision and request it
+// names; ok is false unless the MAC is the one key gives.
+func parseData(key []byte, data string) (approve bool, perm agentotp.PermissionID, ok bool) {
+	if len(data) > maxData {
+		return false, "", false
+	}
+	signed, mac, found := strings.Cut(data, ".")
+	if !found || len(mac) != macLen {
+		return false, "", false
+	}
+	var id string
 	switch {
-	case strings.HasPrefix(data, approvePrefix):
-		approve, nonce = true, data[len(approvePrefix):]
-	case strings.HasPrefix(data, denyPrefix):
-		nonce = data[len(denyPrefix):]
+	case strings.HasPrefix(signed, approvePrefix):
+		approve, id = true, signed[len(approvePrefix):]
+	case strings.HasPrefix(signed, denyPrefix):
+		id = signed[len(denyPrefix):]
 	default:
 		return false, "", false
 	}
-	return approve, nonce, len(nonce) == base64.RawURLEncoding.EncodedLen(nonceBytes)
+	got, err := base64.RawURLEncoding.DecodeString(mac)
+	if err != nil || id == "" || !hmac.Equal(got, buttonMAC(key, signed)) {
+		return false, "", false
+	}
+	return approve, agentotp.PermissionID(id), true
 }
 
-func keyboard(nonce string) *tgbotapi.InlineKeyboardMarkup {
+func keyboard(key []byte, perm agentotp.PermissionID) *tgbotapi.InlineKeyboardMarkup {
 	m := tgbotapi.NewInlineKeyboardMarkup(tgbotapi.NewInlineKeyboardRow(
-		tgbotapi.NewInlineKeyboardButtonData("✅ Approve", approvePrefix+nonce),
-		tgbotapi.NewInlineKeyboardButtonData("❌ Deny", denyPrefix+nonce),
+		tgbotapi.NewInlineKeyboardButtonData("✅ Approve", buttonData(key, true, perm)),
+		tgbotapi.NewInlineKeyboardButtonData("❌ Deny", buttonData(key, false, perm)),
 	))
 	return &m
 }
 
+// onKeyboard reports whether m, the message Telegram says was pressed,
+// carries a button with data. Telegram, not the presser, fills in m.
+func onKeyboard(m *tgbotapi.Message, data string) bool {
+	if m == nil || m.Chat == nil || m.ReplyMarkup == nil {
+		return false
+	}
+	for _, row := range m.ReplyMarkup.InlineKeyboard {
+		for _, b := range row {
+			if b.CallbackData != nil && *b.CallbackData == data {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// namesRequest reports whether m is a message without buttons that names
+// perm: a request message whose buttons were removed after the presser's
+// client showed them.
+func namesRequest(m *tgbotapi.Message, perm agentotp.PermissionID) bool {
+	return m != nil && m.Chat != nil && (m.ReplyMarkup == nil || len(m.ReplyMarkup.InlineKeyboard) == 0) &&
+		strings.Contains(m.Text, string(perm))
+}
+
 // button is one message with Approve and Deny buttons for one request.
 type button struct {
-	nonce string
-	perm  agentotp.PermissionID
-	chat  int64
+	perm agentotp.PermissionID
+	chat int64
 
 	// guarded by buttons.mu
 	msg   int  // 0 until Telegram returned the message id
 	final bool // the request is over: no more buttons on this message
+	live  bool // still in the maps
 
 	// edit orders the edits of this message; it guards shown and text.
 	edit  sync.Mutex
@@ -72,28 +126,49 @@ type msgKey struct {
 	msg  int
 }
 
-// buttons maps nonces and messages to requests, in memory and bounded:
-// beyond max entries the oldest are forgotten.
+// buttons holds the request messages this process knows, so that it can
+// edit them when a request ends or gathers votes; presses never need it.
+// It lives in memory and is bounded: beyond max entries the oldest are
+// forgotten, and their messages are no longer edited by this process.
 type buttons struct {
-	mu     sync.Mutex
-	max    int
-	nonces map[string]*button
-	msgs   map[msgKey]*button
-	perms  map[agentotp.PermissionID][]*button
-	order  []*button // oldest first
+	mu    sync.Mutex
+	max   int
+	msgs  map[msgKey]*button
+	perms map[agentotp.PermissionID][]*button
+	order []*button // oldest first
 }
 
 func newButtons(limit int) *buttons {
-	return &buttons{max: limit, nonces: map[string]*button{}, msgs: map[msgKey]*button{}, perms: map[agentotp.PermissionID][]*button{}}
+	return &buttons{max: limit, msgs: map[msgKey]*button{}, perms: map[agentotp.PermissionID][]*button{}}
 }
 
 // add registers a message about to be sent.
 func (bs *buttons) add(perm agentotp.PermissionID, chat int64) *button {
-	b := &button{nonce: newNonce(), perm: perm, chat: chat}
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	bs.nonces[b.nonce] = b
-	bs.perms[perm] = append(bs.perms[perm], b)
+	return bs.insert(&button{perm: perm, chat: chat})
+}
+
+// adopt registers a sent message (chat, msg) about perm unless it is
+// known: the process that takes a press edits the pressed message like its
+// own, under the same ordering, even if another process sent it.
+func (bs *buttons) adopt(perm agentotp.PermissionID, chat int64, msg int) {
+	bs.mu.Lock()
+	defer bs.mu.Unlock()
+	if _, ok := bs.msgs[msgKey{chat, msg}]; ok {
+		return
+	}
+	b := bs.insert(&button{perm: perm, chat: chat, msg: msg})
+	if b.live {
+		bs.msgs[msgKey{chat, msg}] = b
+	}
+}
+
+// insert adds b and forgets the oldest entries beyond max; the caller holds
+// mu.
+func (bs *buttons) insert(b *button) *button {
+	b.live = true
+	bs.perms[b.perm] = append(bs.perms[b.perm], b)
 	bs.order = append(bs.order, b)
 	// order also holds dropped messages until they reach its front, so it
 	// is what is bounded; the live entries are a subset of it.
@@ -108,11 +183,11 @@ func (bs *buttons) add(perm agentotp.PermissionID, chat int64) *button {
 
 // forget removes b from the maps; the caller holds mu.
 func (bs *buttons) forget(b *button) {
-	if bs.nonces[b.nonce] != b {
+	if !b.live {
 		return
 	}
-	delete(bs.nonces, b.nonce)
-	if b.msg != 0 {
+	b.live = false
+	if b.msg != 0 && bs.msgs[msgKey{b.chat, b.msg}] == b {
 		delete(bs.msgs, msgKey{b.chat, b.msg})
 	}
 	list := bs.perms[b.perm]
@@ -141,20 +216,12 @@ func (bs *buttons) drop(b *button) {
 func (bs *buttons) sent(b *button, msg int) (final bool) {
 	bs.mu.Lock()
 	defer bs.mu.Unlock()
-	if bs.nonces[b.nonce] != b {
+	if !b.live {
 		return false
 	}
 	b.msg = msg
 	bs.msgs[msgKey{b.chat, msg}] = b
 	return b.final
-}
-
-// byNonce returns the message a nonce belongs to.
-func (bs *buttons) byNonce(nonce string) (*button, bool) {
-	bs.mu.Lock()
-	defer bs.mu.Unlock()
-	b, ok := bs.nonces[nonce]
-	return b, ok
 }
 
 // byMessage returns the request message at (chat, msg).

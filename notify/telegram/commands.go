@@ -65,7 +65,7 @@ Requests from AI agents that need a person appear here with <b>Approve</b> and <
 
 To deny with a reason, reply to the request message with the reason. A plain Deny press records "denied in Telegram by" your name.
 
-/pending – post the requests waiting now, with fresh buttons (after a server restart old buttons stop working)
+/pending – post the requests waiting now, with fresh buttons
 /start – show whether your Telegram account is linked, and your Telegram id
 /help – this text`
 

@@ -17,7 +17,7 @@ import (
 // What a presser is told. Telegram shows at most 200 characters.
 const (
 	txtNotLinked       = "You are not linked to an approver, so nothing changed. Send /start to this bot to see your Telegram id and how to get linked."
-	txtInvalid         = "This button is no longer valid (the server restarted or the message is old). Nothing changed. Send /pending for fresh buttons."
+	txtInvalid         = "This button is not valid. Nothing changed. Send /pending for fresh buttons."
 	txtNotReady        = "The approval service is starting. Nothing changed; try again in a moment."
 	txtFailed          = "Something went wrong, so nothing was decided. Try again, or use the console."
 	txtForbidden       = "You are not one of the approvers for this request. Nothing changed."
@@ -52,10 +52,10 @@ func channel(ctx context.Context) context.Context {
 	return agentotp.WithChannel(ctx, agentotp.Channel{Via: "telegram"})
 }
 
-// press handles an Approve or Deny button. Only a live nonce on the very
-// message it was sent with, pressed by an account linked to an active
-// approver, reaches Decide; everything else is refused, and refused
-// presses on a known request are audited.
+// press handles an Approve or Deny button. Only callback data whose MAC
+// checks, pressed on a message about its request by an account linked to
+// an active approver, reaches Decide; everything else is refused, and
+// refused presses on a known request are audited.
 func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 	svc := n.svc.Load()
 	if svc == nil {
@@ -63,16 +63,11 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 		return
 	}
 	ctx = channel(ctx)
-	approve, nonce, ok := parseData(q.Data)
-	var b *button
-	if ok {
-		b, ok = n.buttons.byNonce(nonce)
-	}
-	if ok {
-		// The nonce only counts on the message it was sent with.
-		msg, _ := n.buttons.state(b)
-		ok = q.Message != nil && q.Message.Chat != nil && q.Message.Chat.ID == b.chat && (msg == 0 || q.Message.MessageID == msg)
-	}
+	approve, perm, ok := parseData(n.key, q.Data)
+	// Valid data counts only on a message about its request, so data
+	// copied to another of the bot's messages decides nothing.
+	onButton := ok && onKeyboard(q.Message, q.Data)
+	ok = onButton || ok && namesRequest(q.Message, perm)
 	user, why, err := approver(ctx, svc, q.From)
 	if err != nil {
 		n.log.Error("telegram approver lookup failed", "err", err)
@@ -81,8 +76,8 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 	}
 	if user == nil {
 		if ok {
-			if err := svc.RecordUnknownDecider(ctx, "telegram", strconv.FormatInt(fromID(q.From), 10), b.perm, approve, why); err != nil {
-				n.log.Error("telegram: audit of a refused press failed", "permission", b.perm, "err", err)
+			if err := svc.RecordUnknownDecider(ctx, "telegram", strconv.FormatInt(fromID(q.From), 10), perm, approve, why); err != nil {
+				n.log.Error("telegram: audit of a refused press failed", "permission", perm, "err", err)
 			}
 		}
 		n.log.Info("telegram press refused", "telegram_user", fromID(q.From), "why", why)
@@ -90,15 +85,20 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 		return
 	}
 	if !ok {
-		n.log.Info("telegram press with an unknown or misplaced button", "user", user.Name)
+		n.log.Info("telegram press with invalid or misplaced callback data", "user", user.Name)
 		n.answer(ctx, q, txtInvalid, true)
 		return
+	}
+	if onButton {
+		// So that the outcome, votes or staleness this process learns of
+		// replace the pressed message's buttons, whoever sent it.
+		n.buttons.adopt(perm, q.Message.Chat.ID, q.Message.MessageID)
 	}
 	in := agentotp.DecideInput{Approved: approve, Reason: "approved in Telegram by " + user.Name}
 	if !approve {
 		in.Reason = "denied in Telegram by " + user.Name
 	}
-	r := n.decide(ctx, svc, user, b.perm, in)
+	r := n.decide(ctx, svc, user, perm, in)
 	n.answer(ctx, q, r.text, r.alert)
 	r.then(ctx)
 }

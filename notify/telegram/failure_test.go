@@ -103,7 +103,7 @@ func TestPollingRecovers(t *testing.T) {
 func TestNewOptions(t *testing.T) {
 	tg := telegramtest.New(t)
 	good := func() telegram.Options {
-		return telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: tg.URL}
+		return telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: tg.URL, ButtonKey: buttonKey}
 	}
 	for _, c := range []struct {
 		name string
@@ -117,6 +117,8 @@ func TestNewOptions(t *testing.T) {
 		{"trailing slash", func(o *telegram.Options) { o.APIURL += "/" }, ""},
 		{"no token", func(o *telegram.Options) { o.Token = "" }, "token: is required"},
 		{"no chat", func(o *telegram.Options) { o.ChatID = 0 }, "chatId: is required"},
+		{"no button key", func(o *telegram.Options) { o.ButtonKey = nil }, "buttonKey: must hold at least 32 bytes, not 0"},
+		{"short button key", func(o *telegram.Options) { o.ButtonKey = buttonKey[:31] }, "buttonKey: must hold at least 32 bytes, not 31"},
 		{"bad mode", func(o *telegram.Options) { o.Mode = "pigeon" }, "mode: must be polling or webhook"},
 		{"api url", func(o *telegram.Options) { o.APIURL = "ftp://x" }, "apiUrl"},
 		{"percent in api url", func(o *telegram.Options) { o.APIURL = tg.URL + "/%25s" }, "apiUrl: must not contain '%'"},
@@ -150,14 +152,14 @@ func TestNewOptions(t *testing.T) {
 func TestNewConnectErrors(t *testing.T) {
 	tg := telegramtest.New(t)
 	wrong := "999:not-the-token"
-	_, err := telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(wrong), ChatID: chat, APIURL: tg.URL, RetryBackoff: time.Millisecond})
+	_, err := telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(wrong), ChatID: chat, APIURL: tg.URL, ButtonKey: buttonKey, RetryBackoff: time.Millisecond})
 	require.ErrorContains(t, err, "Unauthorized")
 	require.NotContains(t, err.Error(), wrong)
 	require.Len(t, tg.Calls("getMe"), 1)
 
 	dead := httptest.NewServer(nil)
 	dead.Close()
-	_, err = telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: dead.URL, MaxAttempts: 2, RetryBackoff: time.Millisecond})
+	_, err = telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: dead.URL, ButtonKey: buttonKey, MaxAttempts: 2, RetryBackoff: time.Millisecond})
 	require.ErrorContains(t, err, "attempt 2")
 	require.NotContains(t, err.Error(), tg.Token)
 	require.Contains(t, err.Error(), "[redacted]")
@@ -165,7 +167,7 @@ func TestNewConnectErrors(t *testing.T) {
 
 func TestRunNeedsServiceAndRunsOnce(t *testing.T) {
 	tg := telegramtest.New(t)
-	n, err := telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: tg.URL, PollTimeout: time.Second})
+	n, err := telegram.New(context.Background(), telegram.Options{Token: agentotp.Secret(tg.Token), ChatID: chat, APIURL: tg.URL, ButtonKey: buttonKey, PollTimeout: time.Second})
 	require.NoError(t, err)
 	require.ErrorContains(t, n.Run(context.Background()), "Attach")
 

@@ -14,7 +14,7 @@ import (
 
 const (
 	notLinked   = "You are not linked to an approver"
-	noLonger    = "This button is no longer valid"
+	invalid     = "This button is not valid"
 	alreadyDone = "already decided"
 )
 
@@ -28,9 +28,8 @@ func TestApproveInTelegram(t *testing.T) {
 	require.Contains(t, m.Text, "Approval needed")
 	for _, b := range m.Buttons() {
 		require.LessOrEqual(t, len(b.Data()), 64)
-		require.NotContains(t, b.Data(), string(p.ID), "buttons must not carry the request id")
+		require.Regexp(t, `^[ad]:`+string(p.ID)+`\.[A-Za-z0-9_-]{16}$`, b.Data(), "buttons carry the request id and a MAC")
 	}
-	require.NotEqual(t, data(t, m, true)[2:], data(t, e.message(chat, e.request(req{}).ID), true)[2:], "each message has its own nonce")
 
 	a := e.press(eve, m, true)
 	require.True(t, a.ShowAlert)
@@ -242,41 +241,51 @@ func TestStalePressAfterConsoleDecision(t *testing.T) {
 	require.Equal(t, string(e.users[bob.ID].ID), rejected[0].ActorID)
 }
 
-// Callback data that is not a live nonce of this very message decides
-// nothing.
+// Callback data whose MAC does not check, or that is not on the pressed
+// message, decides nothing and edits nothing.
 func TestTamperedCallbackData(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	p := e.request(req{})
 	q := e.request(req{})
 	mp, mq := e.message(chat, p.ID), e.message(chat, q.ID)
-	nonceP := data(t, mp, true)[2:]
-	flipped := []byte(nonceP)
+	approveP, denyP := data(t, mp, true), data(t, mp, false)
+	plain := e.tg.PlainTextUpdate(ann, chat, "hello", 0) // a message without buttons, not delivered
+	signed, mac, _ := strings.Cut(approveP, ".")
+	flipped := []byte(mac)
 	flipped[0] ^= 1
 	for name, c := range map[string]struct {
+		chat int64
 		msg  int
 		data string
 	}{
-		"changed nonce":            {mp.ID, "a:" + string(flipped)},
-		"request id":               {mp.ID, "a:" + string(p.ID)},
-		"other request id":         {mp.ID, "a:" + string(q.ID)},
-		"nonce on another message": {mq.ID, "a:" + nonceP},
-		"no prefix":                {mp.ID, nonceP},
-		"unknown verb":             {mp.ID, "x:" + nonceP},
-		"truncated nonce":          {mp.ID, "a:" + nonceP[:10]},
-		"empty":                    {mp.ID, ""},
+		"changed mac":           {chat, mp.ID, signed + "." + string(flipped)},
+		"other request id":      {chat, mp.ID, "a:" + string(q.ID) + "." + mac},
+		"approve with deny mac": {chat, mp.ID, "a" + denyP[1:]},
+		"deny with approve mac": {chat, mp.ID, "d" + approveP[1:]},
+		"truncated":             {chat, mp.ID, approveP[:len(approveP)-1]},
+		"no mac":                {chat, mp.ID, signed},
+		"request id alone":      {chat, mp.ID, string(p.ID)},
+		"unknown verb":          {chat, mp.ID, "x" + approveP[1:]},
+		"empty":                 {chat, mp.ID, ""},
+		"on another message":    {chat, mq.ID, approveP},
+		"in another chat":       {ann.ID, mp.ID, approveP},
+		"on a plain message":    {chat, plain.MessageID, approveP},
 	} {
 		t.Run(name, func(t *testing.T) {
-			a := e.pressData(ann, chat, c.msg, c.data)
+			a := e.pressData(ann, c.chat, c.msg, c.data)
 			require.True(t, a.ShowAlert)
-			require.Contains(t, a.Text, noLonger)
+			require.Contains(t, a.Text, invalid)
 		})
 	}
-	// The nonce is also bound to the chat.
-	a := e.pressData(ann, ann.ID, mp.ID, "a:"+nonceP)
-	require.Contains(t, a.Text, noLonger)
-	for _, id := range []agentotp.PermissionID{p.ID, q.ID} {
+	for _, m := range []telegramtest.Message{mp, mq} {
+		id := agentotp.PermissionID(strings.TrimPrefix(strings.SplitN(data(t, m, true), ".", 2)[0], "a:"))
 		require.Equal(t, agentotp.StatusPending, e.status(id).Status)
 		require.Empty(t, e.events(id, agentotp.EventApprove))
+		require.Empty(t, e.events(id, agentotp.EventDeny))
+		require.Empty(t, e.events(id, agentotp.EventDecideRejected))
+		now, _ := e.tg.Message(chat, m.ID)
+		require.Zero(t, now.Edits)
+		require.Len(t, now.Buttons(), 2)
 	}
 }
 
@@ -332,31 +341,32 @@ func TestNotAnApproverForRule(t *testing.T) {
 	e.settled(chat, m.ID, "Approved</b> by bob")
 }
 
-// After a restart the in-memory nonces are gone: old buttons answer "no
-// longer valid" and /pending posts fresh ones that work.
+// Buttons outlive a restart: they carry what a press needs, so an old
+// message's button still decides, and /pending posts working ones too.
 func TestButtonsAfterRestart(t *testing.T) {
 	e := newEnv(t, envOptions{})
 	p := e.request(req{})
+	q := e.request(req{})
 	old := e.message(chat, p.ID)
 	e.stop()
 
 	restarted := newEnvNotifier(t, e)
 	e.n = restarted
 	e.run()
-	a := e.press(ann, old, true)
-	require.Contains(t, a.Text, noLonger)
-	require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+	require.Equal(t, "Approved.", e.press(ann, old, true).Text)
+	require.Equal(t, agentotp.StatusApproved, e.status(p.ID).Status)
 
 	e.tg.Say(ann, chat, "/pending")
 	var fresh telegramtest.Message
 	require.Eventually(t, func() bool {
 		for _, m := range e.tg.Messages(chat) {
-			if m.ID != old.ID && strings.Contains(m.Text, string(p.ID)) && len(m.Buttons()) == 2 {
+			if strings.Contains(m.Text, string(q.ID)) && len(m.Buttons()) == 2 && m.ID > old.ID+1 {
 				fresh = m
 				return true
 			}
 		}
 		return false
 	}, 5*time.Second, 5*time.Millisecond)
-	require.Equal(t, "Approved.", e.press(ann, fresh, true).Text)
+	require.Equal(t, "Denied.", e.press(ann, fresh, false).Text)
+	require.Equal(t, agentotp.StatusDenied, e.status(q.ID).Status)
 }

@@ -49,7 +49,7 @@ func (n *Notifier) post(ctx context.Context, chat int64, p *agentotp.Permission,
 		}
 	}
 	text := render(n.view(ctx, svc, p, agent))
-	id, err := n.send(ctx, chat, text, keyboard(b.nonce), 0)
+	id, err := n.send(ctx, chat, text, keyboard(n.key, p.ID), 0)
 	if err != nil {
 		n.buttons.drop(b)
 		return fmt.Errorf("post request %s: %w", p.ID, err)
@@ -112,7 +112,7 @@ func (n *Notifier) progress(ctx context.Context, svc *agentotp.Service, id agent
 				return
 			}
 			text := render(n.view(ctx, svc, cur, nil))
-			if err := n.edit(ctx, b.chat, msg, text, keyboard(b.nonce)); err != nil {
+			if err := n.edit(ctx, b.chat, msg, text, keyboard(n.key, id)); err != nil {
 				n.log.Warn("telegram progress edit failed", "permission", id, "err", err)
 				return
 			}

@@ -20,15 +20,22 @@
 // deny with a reason, an approver replies to the request message with the
 // reason; a plain Deny press records "denied in Telegram by NAME".
 //
-// A button carries a random per-message nonce, never the request id.
-// Nonces live in memory only (the newest 10,000): after a restart old
-// buttons answer "no longer valid", and /pending posts fresh ones.
+// A button carries the request id and a MAC under Options.ButtonKey, so
+// any process holding the key (every instance sharing the database) can
+// take a press, whoever sent the message, and a modified client cannot
+// forge one. The process that takes a press edits the pressed message.
+// Other edits (a decision elsewhere, expiry, revocation) come from the
+// process that sent the message, which remembers its newest 10,000
+// messages in memory: after a restart, a message about a request that ended
+// meanwhile keeps its buttons until someone presses one (the press answers
+// that the request is over and removes them).
 //
 // Nothing here can approve on failure: a Telegram outage leaves requests
 // pending in the console, and every error path answers "nothing changed".
 package telegram
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -61,8 +68,8 @@ const DefaultAPIURL = "https://api.telegram.org"
 
 // Limits chosen for the channel.
 const (
-	// maxButtons bounds the nonces kept in memory. The oldest are forgotten
-	// first; their buttons then answer "no longer valid".
+	// maxButtons bounds the messages kept in memory for edits. The oldest
+	// are forgotten first; their buttons still work when pressed.
 	maxButtons = 10000
 	// maxRecent bounds the remembered update and callback ids.
 	maxRecent = 4096
@@ -76,10 +83,14 @@ const (
 	maxUpdateBytes = 1 << 20
 )
 
-// Options configures a Notifier. Token and ChatID are required.
+// Options configures a Notifier. Token, ChatID and ButtonKey are required.
 type Options struct {
 	// Token is the bot token from @BotFather.
 	Token agentotp.Secret
+	// ButtonKey signs the callback data of the buttons: at least
+	// MinButtonKeyLen secret bytes, the same in every instance that shares
+	// the database, so that any of them can take a press.
+	ButtonKey []byte
 	// ChatID is the chat (a person or a group) that receives requests.
 	ChatID int64
 	// APIURL is the Bot API base URL; default DefaultAPIURL. Calls go to
@@ -123,6 +134,9 @@ func (o *Options) validate() error {
 	}
 	if o.ChatID == 0 {
 		bad("chatId", "is required")
+	}
+	if len(o.ButtonKey) < MinButtonKeyLen {
+		bad("buttonKey", fmt.Sprintf("must hold at least %d bytes, not %d", MinButtonKeyLen, len(o.ButtonKey)))
 	}
 	if o.APIURL == "" {
 		o.APIURL = DefaultAPIURL
@@ -192,6 +206,7 @@ func validSecretToken(s string) bool {
 type Notifier struct {
 	opts  Options
 	token string
+	key   []byte // Options.ButtonKey
 	// base is the connected bot; every call runs on a copy bound to the
 	// call's context (see bot), because the library's own requests carry
 	// none.
@@ -212,9 +227,12 @@ func New(ctx context.Context, opts Options) (*Notifier, error) {
 	if err := opts.validate(); err != nil {
 		return nil, err
 	}
+	key := bytes.Clone(opts.ButtonKey)
+	opts.ButtonKey = nil // one copy, in key
 	n := &Notifier{
 		opts:    opts,
 		token:   opts.Token.Reveal(),
+		key:     key,
 		log:     opts.Logger.With("component", "telegram"),
 		buttons: newButtons(maxButtons),
 		updates: newRecent[int](maxRecent),

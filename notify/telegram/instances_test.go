@@ -1,0 +1,132 @@
+package telegram_test
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/notify/telegram"
+	"github.com/agentotp/agentotp/notify/telegram/telegramtest"
+)
+
+// instance is a second agentotp instance on the env's database: its own
+// Service and Notifier, taking updates by webhook, so that a press reaches
+// it and not the env's Notifier, which sent the messages.
+type instance struct {
+	svc  *agentotp.Service
+	hook string
+}
+
+func newInstance(t *testing.T, e *env, key []byte) *instance {
+	t.Helper()
+	opts := e.opts
+	opts.ButtonKey = key
+	srv := httptest.NewUnstartedServer(nil)
+	opts.Mode, opts.WebhookURL, opts.WebhookSecret = telegram.ModeWebhook, "http://"+srv.Listener.Addr().String()+telegram.WebhookPath, webhookSecret
+	n, err := telegram.New(context.Background(), opts)
+	require.NoError(t, err)
+	svc := agentotp.NewService(e.store, agentotp.Options{
+		Evaluator: policy, Notifier: n, PublicURL: "https://otp.example", WaitPoll: 20 * time.Millisecond,
+		Clock: e.now, Logger: opts.Logger,
+	})
+	n.Attach(svc)
+	srv.Config.Handler = n.WebhookHandler()
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return &instance{svc: svc, hook: opts.WebhookURL}
+}
+
+// press delivers a press of a button of m to the instance and waits for
+// the answer.
+func (i *instance) press(t *testing.T, e *env, from telegramtest.User, m telegramtest.Message, approve bool) telegramtest.Answer {
+	t.Helper()
+	u := e.tg.PressUpdate(from, m.ChatID, m.ID, data(t, m, approve))
+	code, err := telegramtest.Post(context.Background(), i.hook, webhookSecret, u)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code)
+	return e.answer(u.CallbackID)
+}
+
+// A press reaches an instance that did not send the message: with the
+// shared button key it decides and that instance edits the pressed
+// message; with another key it is refused and changes nothing.
+func TestPressOnAnotherInstance(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		key     []byte
+		approve bool
+		answer  string
+		status  agentotp.Status
+		outcome string
+	}{
+		{"approve", buttonKey, true, "Approved.", agentotp.StatusApproved, "✅ <b>Approved</b> by ann."},
+		{"deny", buttonKey, false, "Denied.", agentotp.StatusDenied, "❌ <b>Denied</b> by ann: denied in Telegram by ann"},
+		{"other key refuses", bytes.Repeat([]byte{7}, telegram.MinButtonKeyLen), true, invalid, agentotp.StatusPending, ""},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			b := newInstance(t, e, c.key)
+			p := e.request(req{})
+			m := e.message(chat, p.ID)
+
+			a := b.press(t, e, eve, m, c.approve)
+			require.Contains(t, a.Text, notLinked)
+			require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+
+			a = b.press(t, e, ann, m, c.approve)
+			require.Contains(t, a.Text, c.answer)
+			require.Equal(t, c.status, e.status(p.ID).Status)
+			if c.outcome == "" {
+				require.True(t, a.ShowAlert)
+				require.Empty(t, e.events(p.ID, agentotp.EventDecideRejected), "data it cannot check names no request to audit")
+				require.Empty(t, e.events(p.ID, agentotp.EventApprove))
+				require.Empty(t, e.events(p.ID, agentotp.EventDeny))
+				now, _ := e.tg.Message(chat, m.ID)
+				require.Zero(t, now.Edits)
+				require.Len(t, now.Buttons(), 2)
+				return
+			}
+			// The env's Notifier heard nothing of the decision: the edit
+			// is the other instance's.
+			rejected := e.events(p.ID, agentotp.EventDecideRejected)
+			require.Len(t, rejected, 1)
+			require.Equal(t, "6666", rejected[0].ActorID)
+			done := e.settled(chat, m.ID, c.outcome)
+			require.Equal(t, 1, done.Edits)
+
+			// A late press on the other instance is stale there too.
+			a = b.press(t, e, bob, m, true)
+			require.Contains(t, a.Text, alreadyDone)
+			require.Equal(t, c.status, e.status(p.ID).Status)
+		})
+	}
+}
+
+// A quorum split across instances: the first vote lands on the other
+// instance, which shows the progress on the pressed message with its
+// buttons; the second on the sender, which shows the outcome.
+func TestQuorumAcrossInstances(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	b := newInstance(t, e, buttonKey)
+	p := e.request(req{action: "quorum.deploy"})
+	m := e.message(chat, p.ID)
+
+	require.Equal(t, "Your approval is recorded: 1 of 2.", b.press(t, e, ann, m, true).Text)
+	var now telegramtest.Message
+	require.Eventually(t, func() bool {
+		now, _ = e.tg.Message(chat, m.ID)
+		return now.Edits == 1
+	}, 5*time.Second, 5*time.Millisecond)
+	require.Contains(t, now.Text, "1 of 2 approvals (by ann)")
+	require.Equal(t, data(t, m, true), data(t, now, true), "the buttons stay the same")
+
+	require.Equal(t, "Approved.", e.press(bob, now, true).Text)
+	e.settled(chat, m.ID, "Approved</b> by bob")
+	require.Equal(t, agentotp.StatusApproved, e.status(p.ID).Status)
+}
