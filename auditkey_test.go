@@ -163,3 +163,14 @@ func TestKeyedChainVerifier(t *testing.T) {
 	events[1].MAC = "x"
 	require.NoError(t, verify(events))
 }
+
+func TestAuditKeyDerive(t *testing.T) {
+	a, err := agentotp.NewAuditKey(bytes.Repeat([]byte{1}, 32))
+	require.NoError(t, err)
+	b, err := agentotp.NewAuditKey(bytes.Repeat([]byte{2}, 32))
+	require.NoError(t, err)
+	require.Len(t, a.Derive("x"), 32)
+	require.Equal(t, a.Derive("x"), a.Derive("x"), "every holder derives the same")
+	require.NotEqual(t, a.Derive("x"), a.Derive("y"), "one key per purpose")
+	require.NotEqual(t, a.Derive("x"), b.Derive("x"), "another audit key, another derived key")
+}

@@ -2,12 +2,8 @@ package main
 
 import (
 	"context"
-	"crypto/hmac"
-	"crypto/sha256"
 	"fmt"
 	"log/slog"
-	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -70,27 +66,9 @@ func telegramButtonKey(cfg Config) ([]byte, error) {
 	if err := sharedKeys(cfg); err != nil {
 		return nil, err
 	}
-	if _, err := auditKey(cfg); err != nil {
+	k, err := auditKey(cfg)
+	if err != nil {
 		return nil, err
 	}
-	var raw []byte
-	var err error
-	switch {
-	case cfg.AuditKeyFile != "":
-		raw, err = os.ReadFile(cfg.AuditKeyFile)
-	case cfg.AuditKey != "":
-		raw = []byte(cfg.AuditKey.Reveal())
-	default:
-		raw, err = os.ReadFile(filepath.Join(cfg.Data, auditKeyFile))
-	}
-	if err != nil {
-		return nil, fmt.Errorf("telegram button key: read the audit key: %w", err)
-	}
-	k, err := decodeCallbackKey(string(raw))
-	if err != nil {
-		return nil, fmt.Errorf("telegram button key: audit key: %w", err)
-	}
-	m := hmac.New(sha256.New, k)
-	m.Write([]byte("agentotp telegram buttons v1"))
-	return m.Sum(nil), nil
+	return k.Derive("agentotp telegram buttons v1"), nil
 }
