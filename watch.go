@@ -106,29 +106,27 @@ func (s *Service) followPolicies(ctx context.Context) {
 		return
 	}
 	from := s.policyCursor.Load()
-	if from < 0 {
-		// First look: start from the present.
-		seq, _, err := s.store.AuditHead(ctx)
-		if err == nil {
-			s.policyCursor.Store(seq)
-		}
+	head, _, err := s.store.AuditHead(ctx)
+	if err != nil {
+		return // try again next sweep, from the same place
+	}
+	if from < 0 || head <= from {
+		// First look (start from the present), or nothing new.
+		s.policyCursor.Store(max(head, from))
 		return
 	}
-	newest, changed := from, false
+	changed := false
 	for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
-		events, err := s.store.AuditEvents(ctx, AuditFilter{Type: t, AfterSeq: from, Ascending: true, Limit: MaxPolicyEventsPerSweep})
+		// Only the events since the last sweep: the cursor moves to the
+		// head every time, so each sweep reads what is new, once.
+		events, err := s.store.AuditEvents(ctx, AuditFilter{Type: t, AfterSeq: from, BeforeSeq: head + 1, Ascending: true, Limit: 1})
 		if err != nil {
-			return // try again next sweep, from the same place
+			return
 		}
-		for _, e := range events {
-			changed, newest = true, max(newest, e.Seq)
-		}
+		changed = changed || len(events) > 0
 	}
 	if changed {
 		s.reloadPolicies(ctx)
-		s.policyCursor.Store(newest)
 	}
+	s.policyCursor.Store(head)
 }
-
-// MaxPolicyEventsPerSweep bounds the policy events one sweep reads per type.
-const MaxPolicyEventsPerSweep = 100
