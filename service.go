@@ -494,6 +494,11 @@ func (s *Service) notifyResolved(perm *Permission) {
 	if s.notifier == nil {
 		return
 	}
+	if perm.Decision.Effect != EffectRequireApproval && perm.CallbackURL == "" && !s.watched.has(perm.ID) {
+		// Decided by policy at once, nobody announced it and nobody
+		// waits on a callback: there is no one to tell.
+		return
+	}
 	s.watched.remove(perm.ID)
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

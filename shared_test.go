@@ -150,3 +150,42 @@ func TestPolicyChangesElsewhereAreReloaded(t *testing.T) {
 	time.Sleep(100 * time.Millisecond)
 	require.Equal(t, n, eval.n.Load(), "no reload without a change")
 }
+
+// countingNotifier counts what it is told.
+type countingNotifier struct{ pending, resolved atomic.Int32 }
+
+func (n *countingNotifier) NotifyPending(context.Context, *agentotp.Permission, *agentotp.Agent) error {
+	n.pending.Add(1)
+	return nil
+}
+
+func (n *countingNotifier) NotifyResolved(context.Context, *agentotp.Permission) error {
+	n.resolved.Add(1)
+	return nil
+}
+
+// The notifiers hear how a request that waited for a person ended, not of
+// every policy-approved call spent at once.
+func TestNotifiersHearOfRequestsThatWaited(t *testing.T) {
+	f := newFixture(t)
+	n := &countingNotifier{}
+	svc := agentotp.NewService(f.store, agentotp.Options{Clock: f.clock.Now, Notifier: n,
+		Evaluator: agentotp.EvaluatorFunc(func(_ context.Context, in agentotp.EvalInput) (agentotp.Decision, error) {
+			if in.Action == "auto" {
+				return agentotp.Decision{Effect: agentotp.EffectAutoApprove, Rule: "auto"}, nil
+			}
+			return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Rule: "human"}, nil
+		})})
+	a := f.agent("a")
+	_, _, used, err := svc.RequestAndUse(f.ctx, a, agentotp.PermissionRequest{Action: "auto"}, nil)
+	require.NoError(t, err)
+	require.True(t, used.Success)
+
+	perm, _, err := svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "human"})
+	require.NoError(t, err)
+	_, err = svc.Decide(f.ctx, f.admin, perm.ID, agentotp.DecideInput{Approved: false, Reason: "no"})
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return n.pending.Load() == 1 && n.resolved.Load() == 1 }, 5*time.Second, 10*time.Millisecond)
+	time.Sleep(50 * time.Millisecond)
+	require.EqualValues(t, 1, n.resolved.Load(), "the auto-approved call was not announced")
+}
