@@ -176,7 +176,7 @@ type bencher struct {
 
 // call performs one request and decodes the envelope's data into out,
 // failing unless the status is one of want.
-func (b *bencher) call(ctx context.Context, method, path, key string, body any, out any, want ...int) error {
+func (b *bencher) call(ctx context.Context, base, method, path, key string, body any, out any, want ...int) error {
 	var rd io.Reader
 	if body != nil {
 		buf, err := json.Marshal(body)
@@ -184,10 +184,6 @@ func (b *bencher) call(ctx context.Context, method, path, key string, body any, 
 			return err
 		}
 		rd = bytes.NewReader(buf)
-	}
-	base := b.url
-	if s, ok := ctx.Value(serverKey{}).(string); ok {
-		base = s
 	}
 	req, err := http.NewRequestWithContext(ctx, method, base+path, rd)
 	if err != nil {
@@ -256,27 +252,29 @@ func (b *bencher) run(ctx context.Context, o benchOptions) (*benchReport, error)
 	defer func() {
 		for _, id := range ids {
 			if id != "" {
-				_ = b.call(context.Background(), "DELETE", "/api/v1/agents/"+id, b.admin, nil, nil, 200)
+				_ = b.call(context.Background(), b.url, "DELETE", "/api/v1/agents/"+id, b.admin, nil, nil, 200)
 			}
 		}
 	}()
 	for i := range keys {
 		var a struct{ ID, APIKey string }
-		if err := b.call(ctx, "POST", "/api/v1/agents", b.admin, map[string]any{"name": fmt.Sprintf("%s-%d", tag, i)}, &a, 201); err != nil {
+		if err := b.call(ctx, b.url, "POST", "/api/v1/agents", b.admin, map[string]any{"name": fmt.Sprintf("%s-%d", tag, i)}, &a, 201); err != nil {
 			return nil, fmt.Errorf("create agent: %w", err)
 		}
 		keys[i], ids[i] = a.APIKey, a.ID
 	}
 	if !b.human {
 		var pol struct{ ID string }
-		err := b.call(ctx, "POST", "/api/v1/policies", b.admin, map[string]any{
+		err := b.call(ctx, b.url, "POST", "/api/v1/policies", b.admin, map[string]any{
 			"name": tag, "priority": 1000000, "action": "auto_approve",
 			"conditions": map[string]any{"action": map[string]any{"startsWith": "bench."}},
 		}, &pol, 201)
 		if err != nil {
 			return nil, fmt.Errorf("install bench policy (is the policy engine on?): %w", err)
 		}
-		defer func() { _ = b.call(context.Background(), "DELETE", "/api/v1/policies/"+pol.ID, b.admin, nil, nil, 200) }()
+		defer func() {
+			_ = b.call(context.Background(), b.url, "DELETE", "/api/v1/policies/"+pol.ID, b.admin, nil, nil, 200)
+		}()
 		if err := b.awaitRule(ctx, keys[0]); err != nil {
 			return nil, err
 		}
@@ -396,10 +394,10 @@ func (b *bencher) closedLoop(ctx context.Context, keys []string, conc int, dur t
 		wg.Go(func() {
 			key := keys[w%len(keys)]
 			local := timer{}
-			wctx := context.WithValue(runCtx, serverKey{}, b.urls[w%len(b.urls)])
+			base := b.urls[w%len(b.urls)]
 			for runCtx.Err() == nil {
 				t0 := time.Now()
-				err := b.cycle(wctx, key, local.timed)
+				err := b.cycle(runCtx, base, key, local.timed)
 				if runCtx.Err() != nil && errors.Is(err, context.DeadlineExceeded) {
 					break
 				}
@@ -452,7 +450,7 @@ func (b *bencher) openLoop(ctx context.Context, keys []string, rate float64, max
 		wg.Go(func() {
 			defer inFlight.Add(-1)
 			local := timer{}
-			err := b.cycle(context.WithValue(ctx, serverKey{}, b.urls[i%len(b.urls)]), key, local.timed)
+			err := b.cycle(ctx, b.urls[i%len(b.urls)], key, local.timed)
 			if err == nil {
 				local["cycle"] = append(local["cycle"], time.Since(at))
 			}
@@ -469,7 +467,7 @@ func (b *bencher) openLoop(ctx context.Context, keys []string, rate float64, max
 
 // cycle is one request → (approve → fetch) → use, checking each answer;
 // with oneCall the use rides on the request.
-func (b *bencher) cycle(ctx context.Context, key string, timed func(string, func() error) error) error {
+func (b *bencher) cycle(ctx context.Context, base, key string, timed func(string, func() error) error) error {
 	var p benchPerm
 	want := 201
 	if b.human {
@@ -480,7 +478,7 @@ func (b *bencher) cycle(ctx context.Context, key string, timed func(string, func
 		body["use"] = map[string]any{"actionDetails": map[string]any{"items": 1}}
 	}
 	if err := timed("request", func() error {
-		return b.call(ctx, "POST", "/api/v1/permissions/request", key, body, &p, want)
+		return b.call(ctx, base, "POST", "/api/v1/permissions/request", key, body, &p, want)
 	}); err != nil {
 		return err
 	}
@@ -492,12 +490,12 @@ func (b *bencher) cycle(ctx context.Context, key string, timed func(string, func
 	}
 	if b.human {
 		if err := timed("decide", func() error {
-			return b.call(ctx, "POST", "/api/v1/permissions/"+p.ID+"/decide", b.admin, map[string]any{"approved": true}, nil, 200)
+			return b.call(ctx, base, "POST", "/api/v1/permissions/"+p.ID+"/decide", b.admin, map[string]any{"approved": true}, nil, 200)
 		}); err != nil {
 			return err
 		}
 		if err := timed("fetch", func() error {
-			return b.call(ctx, "GET", "/api/v1/permissions/"+p.ID, key, nil, &p, 200)
+			return b.call(ctx, base, "GET", "/api/v1/permissions/"+p.ID, key, nil, &p, 200)
 		}); err != nil {
 			return err
 		}
@@ -507,7 +505,7 @@ func (b *bencher) cycle(ctx context.Context, key string, timed func(string, func
 	}
 	var u benchUse
 	if err := timed("use", func() error {
-		return b.call(ctx, "POST", "/api/v1/permissions/"+p.ID+"/use", key, map[string]any{"token": p.Token, "actionDetails": map[string]any{"items": 1}}, &u, 200)
+		return b.call(ctx, base, "POST", "/api/v1/permissions/"+p.ID+"/use", key, map[string]any{"token": p.Token, "actionDetails": map[string]any{"items": 1}}, &u, 200)
 	}); err != nil {
 		return err
 	}
@@ -576,18 +574,17 @@ func durableCommitRate(ctx context.Context, dir string, d time.Duration) (float6
 // than the one that stored the bench's rule reloads it at its next sweep.
 func (b *bencher) awaitRule(ctx context.Context, key string) error {
 	for _, u := range b.urls {
-		sctx := context.WithValue(ctx, serverKey{}, u)
 		deadline := time.Now().Add(5 * time.Second)
 		for {
 			var p benchPerm
-			err := b.call(sctx, "POST", "/api/v1/permissions/request", key, map[string]any{"action": "bench.probe"}, &p, 201, 202)
+			err := b.call(ctx, u, "POST", "/api/v1/permissions/request", key, map[string]any{"action": "bench.probe"}, &p, 201, 202)
 			if err != nil {
 				return fmt.Errorf("probe %s: %w", u, err)
 			}
 			if p.Status == "approved" {
 				break
 			}
-			_ = b.call(sctx, "POST", "/api/v1/permissions/"+p.ID+"/revoke", key, map[string]any{"reason": "bench probe"}, nil, 200)
+			_ = b.call(ctx, u, "POST", "/api/v1/permissions/"+p.ID+"/revoke", key, map[string]any{"reason": "bench probe"}, nil, 200)
 			if time.Now().After(deadline) {
 				return fmt.Errorf("%s does not apply the bench's rule after 5 s (does it load API policies?)", u)
 			}
@@ -596,9 +593,6 @@ func (b *bencher) awaitRule(ctx context.Context, key string) error {
 	}
 	return nil
 }
-
-// serverKey carries, in a worker's context, the instance it talks to.
-type serverKey struct{}
 
 // postgresCommitRate is durableCommitRate on PostgreSQL: one-row INSERTs,
 // each its own transaction (synchronous_commit as the server has it), one
