@@ -30,11 +30,41 @@ func (n *Notifier) message(ctx context.Context, m *tgbotapi.Message) {
 		}
 		return
 	}
-	if r := m.ReplyToMessage; r != nil && r.Chat != nil && m.Text != "" {
-		if b, ok := n.buttons.byMessage(r.Chat.ID, r.MessageID); ok && r.Chat.ID == m.Chat.ID {
-			n.reply(ctx, m, b)
+	if r := m.ReplyToMessage; r != nil && r.Chat != nil && m.Text != "" && r.Chat.ID == m.Chat.ID {
+		if b, ok := n.buttons.byMessage(r.Chat.ID, r.MessageID); ok {
+			n.reply(ctx, m, b.perm)
+		} else if perm, ok := n.requestOf(r); ok {
+			// A request message this process did not send (another
+			// instance did, or this one before a restart): its buttons
+			// name the request under the button key.
+			n.buttons.adopt(perm, r.Chat.ID, r.MessageID)
+			n.reply(ctx, m, perm)
 		}
 	}
+}
+
+// requestOf returns the request whose buttons r, a message replied to,
+// carries: r must be the bot's own, and every button's data must check
+// under the button key and name the same request. Telegram, not the
+// replier, fills in r.
+func (n *Notifier) requestOf(r *tgbotapi.Message) (agentotp.PermissionID, bool) {
+	if r.From == nil || r.From.ID != n.base.Self.ID || r.ReplyMarkup == nil {
+		return "", false
+	}
+	var perm agentotp.PermissionID
+	for _, row := range r.ReplyMarkup.InlineKeyboard {
+		for _, b := range row {
+			if b.CallbackData == nil {
+				return "", false
+			}
+			_, p, ok := parseData(n.key, *b.CallbackData)
+			if !ok || perm != "" && p != perm {
+				return "", false
+			}
+			perm = p
+		}
+	}
+	return perm, perm != ""
 }
 
 // command returns the command a message starts with, lower-cased and

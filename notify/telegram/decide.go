@@ -105,7 +105,7 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 
 // reply handles a reply to a request message: an approver's reply denies
 // the request with the reply's text as the reason.
-func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, b *button) {
+func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp.PermissionID) {
 	svc := n.svc.Load()
 	if svc == nil {
 		n.respond(ctx, m, txtNotReady)
@@ -119,8 +119,8 @@ func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, b *button) {
 		return
 	}
 	if user == nil {
-		if err := svc.RecordUnknownDecider(ctx, "telegram", strconv.FormatInt(fromID(m.From), 10), b.perm, false, why); err != nil {
-			n.log.Error("telegram: audit of a refused reply failed", "permission", b.perm, "err", err)
+		if err := svc.RecordUnknownDecider(ctx, "telegram", strconv.FormatInt(fromID(m.From), 10), perm, false, why); err != nil {
+			n.log.Error("telegram: audit of a refused reply failed", "permission", perm, "err", err)
 		}
 		n.log.Info("telegram reply refused", "telegram_user", fromID(m.From), "why", why)
 		n.respond(ctx, m, txtNotLinked)
@@ -130,7 +130,7 @@ func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, b *button) {
 	if reason == "" {
 		reason = "denied in Telegram by " + user.Name
 	}
-	r := n.decide(ctx, svc, user, b.perm, agentotp.DecideInput{Approved: false, Reason: reason})
+	r := n.decide(ctx, svc, user, perm, agentotp.DecideInput{Approved: false, Reason: reason})
 	n.respond(ctx, m, r.text)
 	r.then(ctx)
 }

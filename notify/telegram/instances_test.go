@@ -53,6 +53,68 @@ func (i *instance) press(t *testing.T, e *env, from telegramtest.User, m telegra
 	return e.answer(u.CallbackID)
 }
 
+// reply delivers from's reply to message msg to the instance, which has
+// handled it when this returns.
+func (i *instance) reply(t *testing.T, e *env, from telegramtest.User, msg int, text string) telegramtest.Update {
+	t.Helper()
+	u := e.tg.TextUpdate(from, chat, text, msg)
+	code, err := telegramtest.Post(context.Background(), i.hook, webhookSecret, u)
+	require.NoError(t, err)
+	require.Equal(t, http.StatusOK, code)
+	return u
+}
+
+// A reply reaches an instance that did not send the request message (in
+// webhook mode any instance may get it): the message's buttons, which
+// Telegram sends along with the message replied to, name the request
+// under the shared button key, so the reply denies with its text as the
+// reason there too, and an unlinked replier is refused and audited. Under
+// another key, or replying to a message that is not the bot's, nothing is
+// decided and nothing is said.
+func TestReplyOnAnotherInstance(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		key    []byte
+		denied bool
+	}{
+		{"shared key", buttonKey, true},
+		{"other key", bytes.Repeat([]byte{7}, telegram.MinButtonKeyLen), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			b := newInstance(t, e, c.key)
+			p := e.request(req{})
+			m := e.message(chat, p.ID)
+
+			// Replying to a user's message that quotes the request id
+			// names no request.
+			quote := e.tg.TextUpdate(ann, chat, "about "+string(p.ID), 0)
+			u := b.reply(t, e, ann, quote.MessageID, "deny it")
+			require.Empty(t, e.replies(chat, u.MessageID))
+
+			u = b.reply(t, e, eve, m.ID, "deny this")
+			if !c.denied {
+				u = b.reply(t, e, ann, m.ID, "too risky")
+				require.Empty(t, e.replies(chat, u.MessageID))
+				require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+				require.Empty(t, e.events(p.ID, agentotp.EventDecideRejected))
+				return
+			}
+			require.Contains(t, e.replyTo(chat, u.MessageID).Text, notLinked)
+			require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+			require.Len(t, e.events(p.ID, agentotp.EventDecideRejected), 1)
+
+			b.reply(t, e, ann, m.ID, "too risky")
+			// The env's Notifier heard nothing of the decision: the edit
+			// is the other instance's.
+			e.settled(chat, m.ID, "❌ <b>Denied</b> by ann: too risky")
+			got := e.status(p.ID)
+			require.Equal(t, agentotp.StatusDenied, got.Status)
+			require.Equal(t, "too risky", got.DecisionReason)
+		})
+	}
+}
+
 // A press reaches an instance that did not send the message: with the
 // shared button key it decides and that instance edits the pressed
 // message; with another key it is refused and changes nothing.

@@ -274,7 +274,13 @@ func (s *Server) wire(m *Message) map[string]any {
 	}
 	if m.ReplyTo != 0 {
 		if r, ok := s.messages[key{m.ChatID, m.ReplyTo}]; ok {
-			out["reply_to_message"] = map[string]any{"message_id": r.ID, "date": time.Now().Unix(), "chat": chatJSON(r.ChatID), "from": r.From, "text": r.Visible}
+			// The original as it is now, buttons included, without its
+			// own reply_to_message (Telegram nests one level only).
+			orig := map[string]any{"message_id": r.ID, "date": time.Now().Unix(), "chat": chatJSON(r.ChatID), "from": r.From, "text": r.Visible}
+			if len(r.Keyboard) > 0 {
+				orig["reply_markup"] = map[string]any{"inline_keyboard": r.Keyboard}
+			}
+			out["reply_to_message"] = orig
 		} else {
 			out["reply_to_message"] = map[string]any{"message_id": m.ReplyTo, "date": time.Now().Unix(), "chat": chatJSON(m.ChatID)}
 		}
