@@ -6,8 +6,6 @@ func (s *Store) LockKey(name string) int64 { return s.lockKey(name) }
 
 // Statements that must find their row by primary key, for the plan test.
 var (
-	SpendTokenSQL        = spendTokenSQL
-	IssueTokenSQL        = issueTokenSQL
-	UpdatePermissionSQL  = updatePermissionSQL
-	MutablePermissionNum = len(mutablePermissionColumns)
+	SpendTokenSQL = spendTokenSQL
+	IssueTokenSQL = issueTokenSQL
 )

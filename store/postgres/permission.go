@@ -67,10 +67,8 @@ var (
 			set[i] = c + " = $" + strconv.Itoa(i+1)
 		}
 		n := len(mutablePermissionColumns)
-		// The status is compared so that no index serves it: see
-		// spendTokenSQL.
 		return `UPDATE permissions SET ` + strings.Join(set, ", ") +
-			` WHERE id = $` + strconv.Itoa(n+1) + ` AND status IS NOT DISTINCT FROM $` + strconv.Itoa(n+2) + `::text`
+			` WHERE id = $` + strconv.Itoa(n+1) + ` AND status = $` + strconv.Itoa(n+2)
 	}()
 )
 
@@ -83,20 +81,20 @@ var (
 // follows needs (the row as spent, the permission's latest events), saving
 // that check a round trip under the writer lock: nothing can come between.
 //
-// Only the id is compared in a form an index can serve: the agent, token
-// and status are compared as one row with IS NOT DISTINCT FROM (the same
-// test here, as none of the values given is NULL), so that the generic plan
-// PostgreSQL reuses for the prepared statement always finds the row by its
-// primary key. With plain equalities the planner may take the
-// (agent_id, created_at) or (status, created_at) index instead, as soon as
-// the statistics make those look selective, and then walk every permission
-// of the agent, or every approved one, on each spend (measured: it did,
-// after a benchmark deleted its agents).
+// Only the id is compared in a form an index can serve: the other tests
+// sit inside (…) IS TRUE, which no index serves and which, like the plain
+// equalities, never holds for a NULL. So the generic plan PostgreSQL reuses
+// for the prepared statement always finds the row by its primary key. With
+// the equalities bare the planner may take the (agent_id, created_at) or
+// (status, created_at) index instead, as soon as the statistics make either
+// look selective, and walk every permission of the agent, or every approved
+// one, on each spend (measured: it did, after a benchmark deleted its
+// agents).
 var spendTokenSQL = `WITH p AS (UPDATE permissions SET
 	uses_remaining = uses_remaining - 1,
 	status = CASE WHEN uses_remaining = 1 THEN 'used' ELSE status END,
 	updated_at = $1
-	WHERE id = $2 AND (agent_id, token_hash, status) IS NOT DISTINCT FROM ($3::text, $4::text, 'approved')
+	WHERE id = $2 AND (agent_id = $3 AND token_hash = $4 AND status = 'approved') IS TRUE
 	AND uses_remaining > 0 AND token_expires_at > $5
 	RETURNING id, status, uses_remaining, token_hash)
 	SELECT ` + trailColumns + ` FROM p ` + trailLaterals
@@ -384,10 +382,10 @@ func (t *tx) permissionExists(id agentotp.PermissionID) error {
 	return storeErr("read permission", err, permissionNotFound)
 }
 
-// issueTokenSQL sets a token hash. The status is compared so that no index
+// issueTokenSQL sets a token hash. The status is tested so that no index
 // serves it: see spendTokenSQL.
 const issueTokenSQL = `UPDATE permissions SET token_hash = $1, token_issued_at = $2, updated_at = $2
-	WHERE id = $3 AND status IS NOT DISTINCT FROM 'approved' AND token_hash IS NULL`
+	WHERE id = $3 AND (status = 'approved') IS TRUE AND token_hash IS NULL`
 
 // IssueToken sets the token hash of an approved permission that has none.
 func (t *tx) IssueToken(_ context.Context, id agentotp.PermissionID, hash string, issuedAt time.Time) error {
