@@ -32,13 +32,12 @@ func (n *Notifier) message(ctx context.Context, m *tgbotapi.Message) {
 	}
 	if r := m.ReplyToMessage; r != nil && r.Chat != nil && m.Text != "" && r.Chat.ID == m.Chat.ID {
 		if b, ok := n.buttons.byMessage(r.Chat.ID, r.MessageID); ok {
-			n.reply(ctx, m, b.perm)
+			n.reply(ctx, m, b.perm, false)
 		} else if perm, ok := n.requestOf(r); ok {
 			// A request message this process did not send (another
 			// instance did, or this one before a restart): its buttons
 			// name the request under the button key.
-			n.buttons.adopt(perm, r.Chat.ID, r.MessageID)
-			n.reply(ctx, m, perm)
+			n.reply(ctx, m, perm, true)
 		}
 	}
 }

@@ -104,8 +104,10 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 }
 
 // reply handles a reply to a request message: an approver's reply denies
-// the request with the reply's text as the reason.
-func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp.PermissionID) {
+// the request with the reply's text as the reason. adopt says the message
+// replied to is not one this process knows: once an approver replies, it
+// takes the message on so that the outcome edits it.
+func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp.PermissionID, adopt bool) {
 	svc := n.svc.Load()
 	if svc == nil {
 		n.respond(ctx, m, txtNotReady)
@@ -125,6 +127,9 @@ func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp
 		n.log.Info("telegram reply refused", "telegram_user", fromID(m.From), "why", why)
 		n.respond(ctx, m, txtNotLinked)
 		return
+	}
+	if adopt {
+		n.buttons.adopt(perm, m.ReplyToMessage.Chat.ID, m.ReplyToMessage.MessageID)
 	}
 	reason := denyReason(m.Text)
 	if reason == "" {

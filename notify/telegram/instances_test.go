@@ -3,6 +3,7 @@ package telegram_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -58,10 +59,27 @@ func (i *instance) press(t *testing.T, e *env, from telegramtest.User, m telegra
 func (i *instance) reply(t *testing.T, e *env, from telegramtest.User, msg int, text string) telegramtest.Update {
 	t.Helper()
 	u := e.tg.TextUpdate(from, chat, text, msg)
+	i.post(t, u)
+	return u
+}
+
+// post delivers u to the instance's webhook.
+func (i *instance) post(t *testing.T, u telegramtest.Update) {
+	t.Helper()
 	code, err := telegramtest.Post(context.Background(), i.hook, webhookSecret, u)
 	require.NoError(t, err)
 	require.Equal(t, http.StatusOK, code)
-	return u
+}
+
+// rawReply is an update with from's reply text to the message to, as given.
+func rawReply(t *testing.T, id int, from telegramtest.User, to map[string]any, text string) telegramtest.Update {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{"update_id": id, "message": map[string]any{
+		"message_id": id, "date": time.Now().Unix(), "from": from, "text": text, "reply_to_message": to,
+		"chat": map[string]any{"id": chat, "type": "supergroup", "title": "approvers"},
+	}})
+	require.NoError(t, err)
+	return telegramtest.Update{ID: id, MessageID: id, JSON: b}
 }
 
 // A reply reaches an instance that did not send the request message (in
@@ -92,8 +110,34 @@ func TestReplyOnAnotherInstance(t *testing.T) {
 			u := b.reply(t, e, ann, quote.MessageID, "deny it")
 			require.Empty(t, e.replies(chat, u.MessageID))
 
+			// Replies to messages that carry valid buttons but are not
+			// the bot's, or whose buttons name two requests, decide
+			// nothing either (replies built by hand: Telegram would
+			// fill in the message replied to).
+			q := e.request(req{})
+			mq := e.message(chat, q.ID)
+			buttons := func(ms ...telegramtest.Message) []map[string]any {
+				var row []map[string]any
+				for _, m := range ms {
+					row = append(row, map[string]any{"text": "✅", "callback_data": data(t, m, true)},
+						map[string]any{"text": "❌", "callback_data": data(t, m, false)})
+				}
+				return row
+			}
+			for i, to := range []map[string]any{
+				{"from": ann, "reply_markup": map[string]any{"inline_keyboard": [][]map[string]any{buttons(m)}}},
+				{"from": e.tg.Bot, "reply_markup": map[string]any{"inline_keyboard": [][]map[string]any{buttons(m, mq)}}},
+			} {
+				to["message_id"], to["date"] = m.ID, time.Now().Unix()
+				to["chat"] = map[string]any{"id": chat, "type": "supergroup", "title": "approvers"}
+				b.post(t, rawReply(t, 900001+i, ann, to, "deny them"))
+			}
+			require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+			require.Equal(t, agentotp.StatusPending, e.status(q.ID).Status)
+
 			u = b.reply(t, e, eve, m.ID, "deny this")
 			if !c.denied {
+				require.Empty(t, e.replies(chat, u.MessageID))
 				u = b.reply(t, e, ann, m.ID, "too risky")
 				require.Empty(t, e.replies(chat, u.MessageID))
 				require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
