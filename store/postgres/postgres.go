@@ -34,7 +34,6 @@ import (
 	"fmt"
 	"hash/fnv"
 	"log/slog"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -83,10 +82,7 @@ type Store struct {
 
 	commits, updates atomic.Int64
 
-	jobs     chan *job     // queued Updates for the writer goroutine
-	quit     chan struct{} // closed by Close
-	loopDone chan struct{} // closed when the writer goroutine has exited
-	closing  sync.Once
+	writes *agentotp.WriteQueue // this instance's writer: group commit
 }
 
 // Open connects to the database named by dsn (a postgres:// URL or a
@@ -131,8 +127,7 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		pool.Close()
 		return nil, err
 	}
-	s.jobs, s.quit, s.loopDone = make(chan *job), make(chan struct{}), make(chan struct{})
-	go s.writeLoop()
+	s.writes = agentotp.NewWriteQueue(maxBatch, s.runBatch)
 	return s, nil
 }
 
@@ -153,9 +148,8 @@ func (s *Store) lockKey(name string) int64 {
 // already durable; an Update still queued fails with SERVICE_UNAVAILABLE,
 // and WatchPermissions and Lead return.
 func (s *Store) Close() error {
-	if s.quit != nil {
-		s.closing.Do(func() { close(s.quit) })
-		<-s.loopDone
+	if s.writes != nil {
+		s.writes.Close()
 	}
 	s.pool.Close()
 	return nil
@@ -189,100 +183,13 @@ func (s *Store) Stats() Stats {
 // acknowledged change is durable as far as the server's
 // synchronous_commit setting makes it.
 func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	j := &job{ctx: ctx, fn: fn, done: make(chan jobResult, 1)}
-	select {
-	case s.jobs <- j:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.quit:
-		return errClosed
-	}
-	// Once queued, wait for the outcome even if ctx ends: the change may
-	// already be committed, and the caller must learn that.
-	r := <-j.done
-	if r.panicked {
-		panic(r.panicVal)
-	}
-	return r.err
+	return s.writes.Update(ctx, fn)
 }
-
-var errClosed = &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "store is closed"}
 
 // maxBatch bounds how many Updates share one transaction. Each runs in a
 // savepoint, a subtransaction; past 64 of those PostgreSQL's snapshots
 // slow down for every session.
 const maxBatch = 32
-
-type job struct {
-	ctx  context.Context
-	fn   func(agentotp.Tx) error
-	done chan jobResult
-}
-
-type jobResult struct {
-	err      error
-	panicked bool
-	panicVal any
-}
-
-// writeLoop is the writer: it takes the first waiting job, gathers
-// whatever else is queued, and runs them as one transaction.
-func (s *Store) writeLoop() {
-	defer close(s.loopDone)
-	batch := make([]*job, 0, maxBatch)
-	for {
-		var first *job
-		select {
-		case first = <-s.jobs:
-		case <-s.quit:
-			return
-		}
-		batch = append(batch[:0], first)
-		closing := false
-		if d := agentotp.CommitDelay(first.ctx); d > 0 {
-			batch, closing = s.hold(batch, d)
-		}
-	gather:
-		for len(batch) < maxBatch {
-			select {
-			case j := <-s.jobs:
-				batch = append(batch, j)
-			default:
-				break gather
-			}
-		}
-		s.runBatch(batch)
-		if closing {
-			return
-		}
-	}
-}
-
-// hold keeps a batch of background updates (agentotp.WithCommitDelay) open
-// for up to d, until an update someone waits on arrives to share its
-// commit, the batch is full, or the store closes (reported by closing: the
-// held batch still commits first).
-func (s *Store) hold(batch []*job, d time.Duration) (_ []*job, closing bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for len(batch) < maxBatch {
-		select {
-		case j := <-s.jobs:
-			batch = append(batch, j)
-			if agentotp.CommitDelay(j.ctx) == 0 {
-				return batch, false
-			}
-		case <-t.C:
-			return batch, false
-		case <-s.quit:
-			return batch, true
-		}
-	}
-	return batch, false
-}
 
 // batchTimeout bounds a whole batch, so that a server that stops answering
 // (without closing the connection) fails the callers instead of hanging
@@ -293,22 +200,17 @@ const batchTimeout = time.Minute
 // callers' contexts: the transaction is shared, and pgx answers a cancelled
 // statement by closing the connection, which would roll back everyone's
 // work. A job whose caller left before it started is skipped instead.
-func (s *Store) runBatch(batch []*job) {
-	results := make([]jobResult, len(batch))
-	defer func() {
-		for i, j := range batch {
-			j.done <- results[i]
-		}
-	}()
+func (s *Store) runBatch(batch []*agentotp.WriteJob) []agentotp.WriteResult {
+	results := make([]agentotp.WriteResult, len(batch))
 	ctx, cancel := context.WithTimeout(context.Background(), s.lockTimeout+batchTimeout)
 	defer cancel()
 	conn, err := s.pool.Acquire(ctx)
 	if err != nil {
 		err = storeErr("begin transaction", err)
 		for i := range results {
-			results[i].err = err
+			results[i].Err = err
 		}
-		return
+		return results
 	}
 	w := &wtx{s: s, conn: conn.Conn(), ctx: ctx, nested: len(batch) > 1, results: results,
 		heads: make([]auditHead, len(batch))}
@@ -329,8 +231,8 @@ func (s *Store) runBatch(batch []*job) {
 		queued{sql: s.beginSQL[2], op: "take the writer lock", job: -1},
 		queued{sql: lastAuditSQL, op: "read audit head", job: -1, read: w.readLink})
 	for i, j := range batch {
-		if err := j.ctx.Err(); err != nil {
-			results[i].err = err
+		if err := j.Ctx.Err(); err != nil {
+			results[i].Err = err
 			continue
 		}
 		w.heads[i] = w.head
@@ -343,8 +245,8 @@ func (s *Store) runBatch(batch []*job) {
 			w.pending = append(w.pending, queued{sql: "SAVEPOINT job", op: "savepoint", job: i, savepoint: true})
 			t.spQueued = true
 		}
-		results[i] = runJob(j, t)
-		if results[i].err == nil && !results[i].panicked {
+		results[i] = j.Run(t)
+		if results[i].OK() {
 			if t.spQueued && len(w.pending) == t.start+1 {
 				w.pending = w.pending[:t.start] // nothing was written: no savepoint needed
 			}
@@ -352,25 +254,25 @@ func (s *Store) runBatch(batch []*job) {
 			// for the job to count.
 			if t.mustFlush {
 				if err := t.flush(); err != nil {
-					results[i].err = err
+					results[i].Err = err
 				}
 			}
 		}
-		if results[i].err == nil && !results[i].panicked && t.failed != nil {
+		if results[i].OK() && t.failed != nil {
 			// fn went on after a statement failed: the database refuses
 			// everything after that until the savepoint is rolled back.
-			results[i].err = storeErr("update", t.failed)
+			results[i].Err = storeErr("update", t.failed)
 		}
 		w.cur = nil
 		if w.broken != nil {
 			s.abort(results, w.broken)
-			return
+			return results
 		}
-		if results[i].err == nil && !results[i].panicked {
+		if results[i].OK() {
 			continue
 		}
 		if !w.nested {
-			return // the deferred ROLLBACK ends what was sent
+			return results // the deferred ROLLBACK ends what was sent
 		}
 		if t.lost {
 			continue // an earlier job's failure rolled this one back too
@@ -381,11 +283,12 @@ func (s *Store) runBatch(batch []*job) {
 			w.rollbackJob()
 			if w.broken != nil {
 				s.abort(results, w.broken)
-				return
+				return results
 			}
 		}
 	}
 	s.commit(w)
+	return results
 }
 
 // commit sends the queued statements, the audit head and COMMIT in one
@@ -395,7 +298,7 @@ func (s *Store) commit(w *wtx) {
 	for {
 		ok := 0
 		for _, r := range w.results {
-			if r.err == nil && !r.panicked {
+			if r.OK() {
 				ok++
 			}
 		}
@@ -447,23 +350,12 @@ func (w *wtx) readLink(br pgx.BatchResults) error {
 
 // abort fails every job that had not failed on its own: the transaction
 // holding their changes is gone (runBatch rolls it back).
-func (s *Store) abort(results []jobResult, err error) {
+func (s *Store) abort(results []agentotp.WriteResult, err error) {
 	for i := range results {
-		if results[i].err == nil && !results[i].panicked {
-			results[i].err = err
+		if results[i].OK() {
+			results[i].Err = err
 		}
 	}
-}
-
-// runJob calls the job's fn, turning a panic into a result that Update
-// re-raises on the caller's goroutine.
-func runJob(j *job, t *tx) (r jobResult) {
-	defer func() {
-		if v := recover(); v != nil {
-			r = jobResult{panicked: true, panicVal: v}
-		}
-	}()
-	return jobResult{err: j.fn(t)}
 }
 
 // snapshot runs fn in a read-only REPEATABLE READ transaction, so that

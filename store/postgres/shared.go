@@ -42,13 +42,16 @@ func (s *Store) dedicatedConn(ctx context.Context, role string) (*pgx.Conn, erro
 	return c, storeErr("connect "+role, err)
 }
 
+// errClosed ends what runs on its own once the store is closed.
+var errClosed = &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "store is closed"}
+
 // untilClosed returns a context that ends with ctx or when the store is
 // closed, and the error to return then.
 func (s *Store) untilClosed(ctx context.Context) (context.Context, func() error) {
 	inner, cancel := context.WithCancel(ctx)
 	go func() {
 		select {
-		case <-s.quit:
+		case <-s.writes.Closing():
 			cancel()
 		case <-inner.Done():
 		}

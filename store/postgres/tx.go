@@ -41,7 +41,7 @@ type wtx struct {
 	nested bool
 	// broken is a failure after which the transaction cannot go on.
 	broken  error
-	results []jobResult
+	results []agentotp.WriteResult
 	heads   []auditHead // head as each job found it
 	cur     *tx         // the job running, nil at commit
 }
@@ -200,8 +200,8 @@ func (w *wtx) send(last *queued) (pgx.BatchResults, error) {
 // (every later statement was in the same round trip, skipped). It returns
 // what the jobs after j get.
 func (w *wtx) lose(j int, err error) error {
-	if w.results[j].err == nil && !w.results[j].panicked {
-		w.results[j].err = err
+	if w.results[j].OK() {
+		w.results[j].Err = err
 	}
 	lost := &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "transaction aborted by an earlier failure, try again", Err: err}
 	end := len(w.results)
@@ -209,8 +209,8 @@ func (w *wtx) lose(j int, err error) error {
 		t.lost, end = true, t.i // its result is fn's, failed by send
 	}
 	for k := j + 1; k < end; k++ {
-		if w.results[k].err == nil && !w.results[k].panicked {
-			w.results[k].err = lost
+		if w.results[k].OK() {
+			w.results[k].Err = lost
 		}
 	}
 	w.head = w.heads[j]

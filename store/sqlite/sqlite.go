@@ -18,7 +18,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -73,10 +72,7 @@ type Store struct {
 
 	stats storeStats
 
-	jobs     chan *job     // queued Updates for the writer goroutine
-	quit     chan struct{} // closed by Close
-	loopDone chan struct{} // closed when the writer goroutine has exited
-	closing  sync.Once
+	writes *agentotp.WriteQueue // the single writer: group commit
 }
 
 // Open opens (creating if needed) the database at path and brings its schema
@@ -143,8 +139,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	reader.SetMaxOpenConns(n)
 	reader.SetMaxIdleConns(n)
 	s.reader = reader
-	s.jobs, s.quit, s.loopDone = make(chan *job), make(chan struct{}), make(chan struct{})
-	go s.writeLoop()
+	s.writes = agentotp.NewWriteQueue(maxBatch, s.runBatch)
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
 		return nil, err
@@ -199,9 +194,8 @@ func (s *Store) Path() string { return s.path }
 // Close stops the writer and closes both pools. Acknowledged writes are
 // already durable; an Update still queued fails with SERVICE_UNAVAILABLE.
 func (s *Store) Close() error {
-	if s.quit != nil {
-		s.closing.Do(func() { close(s.quit) })
-		<-s.loopDone
+	if s.writes != nil {
+		s.writes.Close()
 	}
 	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
 		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.writeHeadStmt, s.savepoint, s.release, s.rollbackTo, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
@@ -240,178 +234,88 @@ func (s *Store) Ping(ctx context.Context) error {
 // at synchronous=FULL) makes the whole batch durable. Update returns only
 // after that commit, so an acknowledged change is on disk.
 func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
-	if err := ctx.Err(); err != nil {
-		return err
-	}
-	j := &job{ctx: ctx, fn: fn, done: make(chan jobResult, 1)}
-	select {
-	case s.jobs <- j:
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-s.quit:
-		return errClosed
-	}
-	// Once queued, wait for the outcome even if ctx ends: the change may
-	// already be committed, and the caller must learn that.
-	r := <-j.done
-	if r.panicked {
-		panic(r.panicVal)
-	}
-	return r.err
+	return s.writes.Update(ctx, fn)
 }
-
-var errClosed = &agentotp.Error{Code: agentotp.CodeUnavailable, Message: "store is closed"}
 
 // maxBatch bounds how many Updates share one transaction.
 const maxBatch = 128
 
-type job struct {
-	ctx  context.Context
-	fn   func(agentotp.Tx) error
-	done chan jobResult
-}
-
-type jobResult struct {
-	err      error
-	panicked bool
-	panicVal any
-}
-
-// writeLoop is the single writer: it takes the first waiting job, gathers
-// whatever else is queued, and runs them as one transaction.
-func (s *Store) writeLoop() {
-	defer close(s.loopDone)
-	batch := make([]*job, 0, maxBatch)
-	for {
-		var first *job
-		select {
-		case first = <-s.jobs:
-		case <-s.quit:
-			return
-		}
-		batch = append(batch[:0], first)
-		closing := false
-		if d := agentotp.CommitDelay(first.ctx); d > 0 {
-			batch, closing = s.hold(batch, d)
-		}
-	gather:
-		for len(batch) < maxBatch {
-			select {
-			case j := <-s.jobs:
-				batch = append(batch, j)
-			default:
-				break gather
-			}
-		}
-		s.runBatch(batch)
-		if closing {
-			return
-		}
-	}
-}
-
-// hold keeps a batch of background updates (agentotp.WithCommitDelay) open
-// for up to d, until an update someone waits on arrives to share its
-// commit, the batch is full, or the store closes (reported by closing: the
-// held batch still commits first).
-func (s *Store) hold(batch []*job, d time.Duration) (_ []*job, closing bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for len(batch) < maxBatch {
-		select {
-		case j := <-s.jobs:
-			batch = append(batch, j)
-			if agentotp.CommitDelay(j.ctx) == 0 {
-				return batch, false
-			}
-		case <-t.C:
-			return batch, false
-		case <-s.quit:
-			return batch, true
-		}
-	}
-	return batch, false
-}
-
-func (s *Store) runBatch(batch []*job) {
-	results := make([]jobResult, len(batch))
-	finish := func() {
-		for i, j := range batch {
-			j.done <- results[i]
-		}
-	}
-	defer finish()
+// runBatch runs the batch in one transaction, each job in a savepoint of its
+// own when there are several, and commits the jobs that succeeded.
+func (s *Store) runBatch(batch []*agentotp.WriteJob) []agentotp.WriteResult {
+	results := make([]agentotp.WriteResult, len(batch))
 	s.stats.statements.Add(1) // BEGIN
 	sqlTx, err := s.writer.BeginTx(context.Background(), nil)
 	if err != nil {
 		err = storeErr("begin transaction", err)
 		for i := range results {
-			results[i].err = err
+			results[i].Err = err
 		}
-		return
+		return results
 	}
 	single := len(batch) == 1
 	ok := 0
 	head := &auditHead{}
 	for i, j := range batch {
-		if err := j.ctx.Err(); err != nil {
-			results[i].err = err
+		if err := j.Ctx.Err(); err != nil {
+			results[i].Err = err
 			continue
 		}
 		if !single {
 			s.stats.statements.Add(1)
 			if _, err := sqlTx.Stmt(s.savepoint).Exec(); err != nil {
 				s.abort(sqlTx, results, storeErr("savepoint", err))
-				return
+				return results
 			}
 		}
 		before := *head
-		results[i] = runJob(j, &tx{s: s, tx: countedTx{Tx: sqlTx, n: &s.stats.statements}, head: head})
-		if results[i].err == nil && !results[i].panicked {
+		results[i] = j.Run(&tx{s: s, tx: countedTx{Tx: sqlTx, n: &s.stats.statements}, head: head})
+		if results[i].OK() {
 			ok++
 			if !single {
 				s.stats.statements.Add(1)
 				s.stats.statements.Add(1)
 				if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 					s.abort(sqlTx, results, storeErr("release savepoint", err))
-					return
+					return results
 				}
 			}
 			continue
 		}
 		if single {
 			_ = sqlTx.Rollback()
-			return
+			return results
 		}
 		*head = before // the job's appends are rolled back with it
 		s.stats.statements.Add(1)
 		if _, err := sqlTx.Stmt(s.rollbackTo).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
-			return
+			return results
 		}
 		s.stats.statements.Add(1)
 		if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 			s.abort(sqlTx, results, storeErr("release savepoint", err))
-			return
+			return results
 		}
 	}
 	if ok == 0 {
 		_ = sqlTx.Rollback()
-		return
+		return results
 	}
 	if head.moved {
 		if err := s.writeHead(sqlTx, head); err != nil {
 			s.abort(sqlTx, results, err)
-			return
+			return results
 		}
 	}
 	s.stats.statements.Add(1)
 	if err := sqlTx.Commit(); err != nil {
 		s.abort(nil, results, storeErr("commit", err))
-		return
+		return results
 	}
 	s.stats.commits.Add(1)
 	s.stats.jobs.Add(int64(ok))
+	return results
 }
 
 // storeStats counts the writer's work, for Stats.
@@ -439,26 +343,15 @@ func (s *Store) Stats() Stats {
 
 // abort fails every job that had not failed on its own: the transaction
 // holding their changes is gone.
-func (s *Store) abort(sqlTx *sql.Tx, results []jobResult, err error) {
+func (s *Store) abort(sqlTx *sql.Tx, results []agentotp.WriteResult, err error) {
 	if sqlTx != nil {
 		_ = sqlTx.Rollback()
 	}
 	for i := range results {
-		if results[i].err == nil && !results[i].panicked {
-			results[i].err = err
+		if results[i].OK() {
+			results[i].Err = err
 		}
 	}
-}
-
-// runJob calls the job's fn, turning a panic into a result that Update
-// re-raises on the caller's goroutine.
-func runJob(j *job, t *tx) (r jobResult) {
-	defer func() {
-		if v := recover(); v != nil {
-			r = jobResult{panicked: true, panicVal: v}
-		}
-	}()
-	return jobResult{err: j.fn(t)}
 }
 
 // snapshot runs fn in a read transaction, so that several queries (a count
