@@ -274,7 +274,6 @@ func (s *Store) runBatch(batch []*agentotp.WriteJob) []agentotp.WriteResult {
 			ok++
 			if !single {
 				s.stats.statements.Add(1)
-				s.stats.statements.Add(1)
 				if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
 					s.abort(sqlTx, results, storeErr("release savepoint", err))
 					return results
