@@ -5,7 +5,6 @@ import (
 	"crypto/sha256"
 	"embed"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"html/template"
@@ -140,7 +139,7 @@ func textPieces(s string) []piece {
 		start int
 	)
 	for i, r := range s {
-		if !hidden(r) {
+		if !agentotp.HiddenRune(r) {
 			continue
 		}
 		_, size := utf8.DecodeRuneInString(s[i:])
@@ -156,24 +155,6 @@ func textPieces(s string) []piece {
 	return out
 }
 
-// hidden reports characters that are not visible text or change how the
-// text around them reads.
-func hidden(r rune) bool {
-	switch {
-	case r == '\t':
-		return false
-	case r < 0x20, r >= 0x7f && r < 0xa0:
-		return true
-	case r >= 0x200b && r <= 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2060 && r <= 0x2069:
-		return true
-	case r == 0x2028, r == 0x2029, r == 0xfeff, r == 0x00ad, r == 0x061c, r == 0x180e, r >= 0xfff9 && r <= 0xfffb:
-		return true
-	case r == utf8.RuneError:
-		return true
-	}
-	return false
-}
-
 // nonASCII is the warning shown under an action or resource that holds
 // characters beyond printable ASCII, where look-alike letters hide: the
 // value spelled in ASCII escapes. "" when there are none.
@@ -186,29 +167,15 @@ func nonASCII(s string) string {
 	return ""
 }
 
-// prettyJSON indents an object for reading and for the scope editor.
-// Invisible characters inside strings become \u escapes: still the same
-// JSON, so an unchanged editor parses back to the same value.
+// prettyJSON indents an object for reading and for the scope editor, with
+// hidden characters as \u escapes (agentotp.DisplayJSON): an unchanged
+// editor parses back to the same value.
 func prettyJSON(m map[string]any) string {
-	if m == nil {
-		m = map[string]any{}
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // the template escapes for HTML
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(m); err != nil {
+	out, err := agentotp.DisplayJSON(m)
+	if err != nil {
 		return "(cannot be shown)"
 	}
-	var b strings.Builder
-	for _, r := range strings.TrimRight(buf.String(), "\n") {
-		if r != '\n' && hidden(r) {
-			fmt.Fprintf(&b, `\u%04x`, r)
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
+	return out
 }
 
 // clip shortens text for a list cell; the request page shows it whole.

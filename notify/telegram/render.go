@@ -1,8 +1,6 @@
 package telegram
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"html"
 	"strconv"
@@ -38,26 +36,6 @@ const (
 	maxMessage  = 4096
 )
 
-// hidden reports characters that are not visible text or change how the
-// text around them reads: C0 and C1 controls, zero-width characters, bidi
-// marks, embeddings, overrides and isolates, the BOM and a few other
-// invisible formatting characters.
-func hidden(r rune) bool {
-	switch {
-	case r < 0x20, r >= 0x7f && r < 0xa0:
-		return true
-	case r >= 0x200b && r <= 0x200f, r >= 0x202a && r <= 0x202e, r >= 0x2066 && r <= 0x2069:
-		return true
-	case r >= 0x2060 && r <= 0x2064, r == 0x2028, r == 0x2029:
-		return true
-	case r == 0xfeff, r == 0x00ad, r == 0x061c, r == 0x180e, r >= 0xfff9 && r <= 0xfffb:
-		return true
-	case r == utf8.RuneError:
-		return true
-	}
-	return false
-}
-
 // clean removes hidden characters and invalid UTF-8. Line breaks and tabs
 // become spaces, unless keepNewlines keeps '\n'.
 func clean(s string, keepNewlines bool) string {
@@ -67,7 +45,7 @@ func clean(s string, keepNewlines bool) string {
 			return r
 		case r == '\n', r == '\t', r == '\r', r == 0x2028, r == 0x2029:
 			return ' '
-		case hidden(r):
+		case agentotp.HiddenRune(r):
 			return -1
 		}
 		return r
@@ -120,28 +98,14 @@ func cut(s string, limit int) string {
 func field(s string, limit int) string { return cut(clean(s, false), limit) }
 
 // scopeJSON pretty-prints a scope. Hidden characters inside strings are
-// shown as \u escapes rather than dropped: a hidden override in a
-// recipient is worth seeing.
+// shown as \u escapes rather than dropped (agentotp.DisplayJSON): a hidden
+// override in a recipient is worth seeing.
 func scopeJSON(m map[string]any) string {
-	if len(m) == 0 {
-		return "{}"
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetEscapeHTML(false) // escaped below, once, for HTML
-	enc.SetIndent("", "  ")
-	if err := enc.Encode(m); err != nil {
+	out, err := agentotp.DisplayJSON(m)
+	if err != nil {
 		return "(the scope cannot be shown; open the console)"
 	}
-	var b strings.Builder
-	for _, r := range strings.TrimRight(buf.String(), "\n") {
-		if r != '\n' && hidden(r) {
-			fmt.Fprintf(&b, `\u%04x`, r)
-			continue
-		}
-		b.WriteRune(r)
-	}
-	return b.String()
+	return out
 }
 
 // suspicious reports text an approver could misread: anything outside
