@@ -264,13 +264,17 @@ func serve(ctx context.Context, cfg Config, stdout, stderr io.Writer) error {
 	}()
 	go a.svc.RunPruner(sweepCtx, retention, time.Hour)
 
-	fmt.Fprintf(stdout, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.StoreName())
+	// The banner is written at once, so that whoever reads "listening on"
+	// finds the admin key with it.
+	var banner strings.Builder
+	fmt.Fprintf(&banner, "agentotp %s listening on %s (data: %s)\n", version, url, cfg.StoreName())
 	if fresh {
-		fmt.Fprintf(stdout, "admin key (shown once, saved to %s): %s\n", filepath.Join(cfg.Data, "admin.key"), key.Reveal())
+		fmt.Fprintf(&banner, "admin key (shown once, saved to %s): %s\n", filepath.Join(cfg.Data, "admin.key"), key.Reveal())
 	}
 	if _, n, err := a.store.Agents(ctx, agentotp.Page{Page: 1, Limit: 1}); err == nil && n == 0 {
-		fmt.Fprintf(stdout, "create an agent: %s agents create my-agent %s\n", self(), dataFlag(cfg))
+		fmt.Fprintf(&banner, "create an agent: %s agents create my-agent %s\n", self(), dataFlag(cfg))
 	}
+	_, _ = io.WriteString(stdout, banner.String())
 
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
