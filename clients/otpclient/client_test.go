@@ -6,9 +6,11 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -726,4 +728,39 @@ func TestAuthorizeAndSpendOlderServer(t *testing.T) {
 	require.Nil(t, used)
 	require.Equal(t, agentotp.StatusApproved, p.Status)
 	require.NoError(t, c.Spend(ctx, p.ID, tok, hi))
+}
+
+// A client keeps its connections to the server for concurrent calls: a
+// gateway runs many at once, and http.DefaultTransport keeps only two idle
+// per host, so every burst would close and re-dial the rest.
+func TestConcurrentCallsReuseConnections(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t)
+	var dialed atomic.Int64
+	front := httptest.NewUnstartedServer(e.faults)
+	front.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			dialed.Add(1)
+		}
+	}
+	front.Start()
+	t.Cleanup(front.Close)
+	c := otpclient.New(front.URL, e.agent.APIKey, fast())
+	p, err := c.RequestPermission(ctx, otpclient.Request{Action: "auto.x"})
+	require.NoError(t, err)
+
+	const parallel, rounds = 8, 20
+	for range rounds {
+		var wg sync.WaitGroup
+		for range parallel {
+			wg.Go(func() {
+				v, err := c.Verify(ctx, p.ID, p.Token)
+				require.NoError(t, err)
+				require.True(t, v.Valid)
+			})
+		}
+		wg.Wait()
+	}
+	require.LessOrEqual(t, dialed.Load(), int64(parallel+1),
+		"%d connections for %d rounds of %d concurrent calls", dialed.Load(), rounds, parallel)
 }

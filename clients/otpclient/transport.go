@@ -96,6 +96,16 @@ func WithLogger(l *slog.Logger) Option {
 	}
 }
 
+// defaultTransport is shared by the clients that bring no HTTP client of
+// their own. It keeps more idle connections per server than
+// http.DefaultTransport's 2: a gateway's concurrent calls, each with its
+// outcome record, would otherwise close and re-dial connections.
+var defaultTransport = func() *http.Transport {
+	t := http.DefaultTransport.(*http.Transport).Clone()
+	t.MaxIdleConnsPerHost = 64
+	return t
+}()
+
 // transport is the HTTP core shared by Client and Admin: envelope decoding,
 // error mapping, per-attempt timeouts and retries.
 type transport struct {
@@ -114,7 +124,7 @@ func newTransport(baseURL, key string, opts []Option) *transport {
 	t := &transport{
 		base:       strings.TrimRight(baseURL, "/"),
 		key:        key,
-		hc:         &http.Client{},
+		hc:         &http.Client{Transport: defaultTransport},
 		timeout:    DefaultTimeout,
 		maxRetries: DefaultMaxRetries,
 		minBackoff: DefaultMinBackoff,
