@@ -14,11 +14,75 @@ import (
 // its delay, until an update someone waits on joins it.
 type WriteQueue struct {
 	maxBatch int
-	run      func([]*WriteJob) []WriteResult
+	run      func(*WriteBatch) []WriteResult
 	jobs     chan *WriteJob
 	quit     chan struct{} // closed by Close
 	done     chan struct{} // closed when the writer goroutine has exited
 	closing  sync.Once
+}
+
+// WriteBatch hands the store the jobs of one transaction, one at a time
+// (Next), so that the store can run each as soon as it is taken. A batch
+// held open for company has then done its background work by the time the
+// update someone waits on arrives, which pays only for its own statements
+// and the commit. Nothing is visible to readers or durable before that
+// commit.
+type WriteBatch struct {
+	q       *WriteQueue
+	jobs    []*WriteJob
+	taken   int
+	hold    *time.Timer // running while every job taken is a background update
+	closing bool        // the queue closed while the batch was held
+}
+
+// Next returns the batch's next job, or nil when the batch is complete:
+// first the job that opened it, then those queued since; while every job
+// taken so far is a background update, it waits for the next one, up to
+// the first's delay. A store that stops calling Next leaves the jobs not
+// yet taken queued for the next batch.
+func (b *WriteBatch) Next() *WriteJob {
+	if b.taken < len(b.jobs) {
+		b.taken++
+		return b.jobs[b.taken-1]
+	}
+	if len(b.jobs) >= b.q.maxBatch || b.closing {
+		return nil
+	}
+	select {
+	case j := <-b.q.jobs:
+		return b.take(j)
+	default:
+	}
+	if b.hold == nil {
+		return nil
+	}
+	select {
+	case j := <-b.q.jobs:
+		return b.take(j)
+	case <-b.hold.C:
+		b.hold = nil
+	case <-b.q.quit:
+		b.closing = true
+	}
+	return nil
+}
+
+// All takes the whole batch before any of it runs, for a store that sends
+// a batch's statements together.
+func (b *WriteBatch) All() []*WriteJob {
+	for b.Next() != nil {
+	}
+	return b.jobs
+}
+
+func (b *WriteBatch) take(j *WriteJob) *WriteJob {
+	b.jobs = append(b.jobs, j)
+	b.taken++
+	if b.hold != nil && CommitDelay(j.Ctx) == 0 {
+		b.hold.Stop()
+		b.hold = nil
+	}
+	return j
 }
 
 // WriteJob is one queued Update.
@@ -53,9 +117,10 @@ func (j *WriteJob) Run(tx Tx) (r WriteResult) {
 var errStoreClosed = &Error{Code: CodeUnavailable, Message: "store is closed"}
 
 // NewWriteQueue starts the writer goroutine. run runs a batch of at most
-// maxBatch jobs and returns their results, in order; it is only ever
-// called from that goroutine, one batch at a time.
-func NewWriteQueue(maxBatch int, run func([]*WriteJob) []WriteResult) *WriteQueue {
+// maxBatch jobs, taking them with Next, and returns the results of the jobs
+// it took, in order; it is only ever called from that goroutine, one batch
+// at a time.
+func NewWriteQueue(maxBatch int, run func(*WriteBatch) []WriteResult) *WriteQueue {
 	q := &WriteQueue{maxBatch: maxBatch, run: run, jobs: make(chan *WriteJob),
 		quit: make(chan struct{}), done: make(chan struct{})}
 	go q.loop()
@@ -96,9 +161,12 @@ func (q *WriteQueue) Close() {
 // Closing is closed when Close begins.
 func (q *WriteQueue) Closing() <-chan struct{} { return q.quit }
 
+// errNotRun answers a job the store never took (it must take the first).
+var errNotRun = &Error{Code: CodeInternal, Message: "the store did not run the update"}
+
 func (q *WriteQueue) loop() {
 	defer close(q.done)
-	batch := make([]*WriteJob, 0, q.maxBatch)
+	jobs := make([]*WriteJob, 0, q.maxBatch)
 	for {
 		var first *WriteJob
 		select {
@@ -106,48 +174,23 @@ func (q *WriteQueue) loop() {
 		case <-q.quit:
 			return
 		}
-		batch = append(batch[:0], first)
-		closing := false
+		b := &WriteBatch{q: q, jobs: append(jobs[:0], first)}
 		if d := CommitDelay(first.Ctx); d > 0 {
-			batch, closing = q.hold(batch, d)
+			b.hold = time.NewTimer(d)
 		}
-	gather:
-		for len(batch) < q.maxBatch {
-			select {
-			case j := <-q.jobs:
-				batch = append(batch, j)
-			default:
-				break gather
+		results := q.run(b)
+		if b.hold != nil {
+			b.hold.Stop()
+		}
+		for i, j := range b.jobs {
+			r := WriteResult{Err: errNotRun}
+			if i < len(results) {
+				r = results[i]
 			}
+			j.done <- r
 		}
-		for i, r := range q.run(batch) {
-			batch[i].done <- r
-		}
-		if closing {
+		if b.closing {
 			return
 		}
 	}
-}
-
-// hold keeps a batch of background updates open for up to d, until an
-// update someone waits on arrives to share its commit, the batch is full,
-// or the queue closes (reported by closing: the held batch still commits
-// first).
-func (q *WriteQueue) hold(batch []*WriteJob, d time.Duration) (_ []*WriteJob, closing bool) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	for len(batch) < q.maxBatch {
-		select {
-		case j := <-q.jobs:
-			batch = append(batch, j)
-			if CommitDelay(j.Ctx) == 0 {
-				return batch, false
-			}
-		case <-t.C:
-			return batch, false
-		case <-q.quit:
-			return batch, true
-		}
-	}
-	return batch, false
 }

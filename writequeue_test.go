@@ -12,21 +12,21 @@ import (
 	"github.com/agentotp/agentotp"
 )
 
-// recorder runs batches by calling each job's Fn (with a nil Tx) and
-// remembers their sizes.
+// recorder runs batches by calling each job's Fn (with a nil Tx) as soon as
+// it takes it, and remembers their sizes.
 type recorder struct {
 	mu      sync.Mutex
 	batches []int
 }
 
-func (r *recorder) run(batch []*agentotp.WriteJob) []agentotp.WriteResult {
-	r.mu.Lock()
-	r.batches = append(r.batches, len(batch))
-	r.mu.Unlock()
-	out := make([]agentotp.WriteResult, len(batch))
-	for i, j := range batch {
-		out[i] = j.Run(nil)
+func (r *recorder) run(b *agentotp.WriteBatch) []agentotp.WriteResult {
+	var out []agentotp.WriteResult
+	for j := b.Next(); j != nil; j = b.Next() {
+		out = append(out, j.Run(nil))
 	}
+	r.mu.Lock()
+	r.batches = append(r.batches, len(out))
+	r.mu.Unlock()
 	return out
 }
 
@@ -52,6 +52,64 @@ func TestWriteQueue(t *testing.T) {
 		require.NoError(t, q.Update(ctx, ok))
 		require.NoError(t, <-done)
 		require.Equal(t, []int{2}, r.sizes())
+	})
+
+	t.Run("a held background update runs before the update that ends the hold arrives", func(t *testing.T) {
+		r := &recorder{}
+		q := agentotp.NewWriteQueue(8, r.run)
+		defer q.Close()
+		ran := make(chan struct{})
+		done := make(chan error, 1)
+		go func() {
+			done <- q.Update(background, func(agentotp.Tx) error { close(ran); return nil })
+		}()
+		select {
+		case <-ran:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the background update did not run while its batch was held")
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("the background update returned before its batch committed: %v", err)
+		case <-time.After(50 * time.Millisecond):
+		}
+		require.NoError(t, q.Update(ctx, ok))
+		require.NoError(t, <-done)
+		require.Equal(t, []int{2}, r.sizes())
+	})
+
+	t.Run("a store that stops taking leaves the rest for the next batch", func(t *testing.T) {
+		var sizes []int
+		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
+			j := b.Next() // one job a batch: the queue must not lose the others
+			sizes = append(sizes, 1)
+			return []agentotp.WriteResult{j.Run(nil)}
+		}
+		q := agentotp.NewWriteQueue(8, run)
+		defer q.Close()
+		var wg sync.WaitGroup
+		for range 20 {
+			wg.Go(func() { require.NoError(t, q.Update(ctx, ok)) })
+		}
+		wg.Wait()
+		require.Len(t, sizes, 20)
+	})
+
+	t.Run("a job the store never took fails, and the queue goes on", func(t *testing.T) {
+		calls := 0
+		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
+			calls++
+			if calls == 1 {
+				return nil // never took its first job
+			}
+			return []agentotp.WriteResult{b.Next().Run(nil)}
+		}
+		q := agentotp.NewWriteQueue(8, run)
+		defer q.Close()
+		var e *agentotp.Error
+		require.ErrorAs(t, q.Update(ctx, ok), &e)
+		require.Equal(t, agentotp.CodeInternal, e.Code)
+		require.NoError(t, q.Update(ctx, ok))
 	})
 
 	t.Run("a background update alone runs after its delay", func(t *testing.T) {

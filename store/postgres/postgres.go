@@ -200,7 +200,10 @@ const batchTimeout = time.Minute
 // callers' contexts: the transaction is shared, and pgx answers a cancelled
 // statement by closing the connection, which would roll back everyone's
 // work. A job whose caller left before it started is skipped instead.
-func (s *Store) runBatch(batch []*agentotp.WriteJob) []agentotp.WriteResult {
+func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
+	// The whole batch is taken first: its statements travel together, and
+	// a transaction is not held open (with the writer lock) while waiting.
+	batch := b.All()
 	results := make([]agentotp.WriteResult, len(batch))
 	ctx, cancel := context.WithTimeout(context.Background(), s.lockTimeout+batchTimeout)
 	defer cancel()

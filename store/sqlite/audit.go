@@ -182,13 +182,13 @@ func (s *Store) checkLink(l auditLink) error {
 
 // writeHead records the batch's newest link, with its MAC and key id when
 // the store has a key.
-func (s *Store) writeHead(sqlTx *sql.Tx, h *auditHead) error {
+func (s *Store) writeHead(h *auditHead) error {
 	var mac, keyID any
 	if key := s.auditKey; key != nil {
 		mac, keyID = key.HeadMAC(h.seq, h.hash), key.ID()
 	}
 	s.stats.statements.Add(1)
-	_, err := sqlTx.Stmt(s.writeHeadStmt).Exec(h.seq, h.hash, mac, keyID)
+	_, err := s.writeHeadStmt.Exec(h.seq, h.hash, mac, keyID)
 	return storeErr("write audit head", err)
 }
 

@@ -91,7 +91,7 @@ func (s *Store) retryBusy(ctx context.Context, fn func() error) error {
 }
 
 func (s *Store) applyMigration(ctx context.Context, m migration, latest int) error {
-	tx, err := s.writer.BeginTx(ctx, nil)
+	tx, err := s.writerDB.BeginTx(ctx, nil)
 	if err != nil {
 		return storeErr("begin migration", err)
 	}

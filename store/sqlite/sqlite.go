@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -48,11 +49,18 @@ type Store struct {
 	path        string
 	busyTimeout time.Duration
 	auditKey    *agentotp.AuditKey
-	writer      *sql.DB // one connection, BEGIN IMMEDIATE
+	writerDB    *sql.DB   // one connection: writer, held for the store's life
+	writer      *sql.Conn // runs every write transaction (BEGIN IMMEDIATE)
+	writerMu    sync.Mutex
 	reader      *sql.DB // pool, query_only
 
-	// Hot-path statements. Writer statements are prepared on the single
-	// writer connection and bound into each transaction with Tx.StmtContext.
+	// Writer statements, prepared on the writer connection. Transactions
+	// are BEGIN and COMMIT statements on it rather than sql.Tx: database/sql
+	// starts a goroutine for every query in a Tx (to watch the Tx's
+	// context), and on a two-core VM each start can wake a sleeping core.
+	begin            *sql.Stmt
+	commit           *sql.Stmt
+	rollback         *sql.Stmt
 	insertPermission *sql.Stmt
 	spendToken       *sql.Stmt
 	lastAudit        *sql.Stmt
@@ -123,10 +131,14 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	writer.SetConnMaxLifetime(0)
 	writer.SetConnMaxIdleTime(0)
 
-	s := &Store{path: path, busyTimeout: busy, writer: writer, auditKey: opts.AuditKey}
+	s := &Store{path: path, busyTimeout: busy, writerDB: writer, auditKey: opts.AuditKey}
 	if err := s.migrate(ctx); err != nil {
 		writer.Close()
 		return nil, err
+	}
+	if s.writer, err = writer.Conn(ctx); err != nil {
+		writer.Close()
+		return nil, storeErr("open writer connection", err)
 	}
 
 	// Readers open after the writer has switched the file to WAL.
@@ -155,10 +167,15 @@ func escapeURIPath(path string) string {
 
 func (s *Store) prepare(ctx context.Context) error {
 	stmts := []struct {
-		db    *sql.DB
+		db interface {
+			PrepareContext(context.Context, string) (*sql.Stmt, error)
+		}
 		dst   **sql.Stmt
 		query string
 	}{
+		{s.writer, &s.begin, "BEGIN IMMEDIATE"},
+		{s.writer, &s.commit, "COMMIT"},
+		{s.writer, &s.rollback, "ROLLBACK"},
 		{s.writer, &s.insertPermission, insertPermissionSQL},
 		{s.writer, &s.spendToken, spendTokenSQL},
 		{s.writer, &s.lastAudit, lastAuditSQL},
@@ -197,7 +214,7 @@ func (s *Store) Close() error {
 	if s.writes != nil {
 		s.writes.Close()
 	}
-	for _, st := range []*sql.Stmt{s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
+	for _, st := range []*sql.Stmt{s.begin, s.commit, s.rollback, s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
 		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.writeHeadStmt, s.savepoint, s.release, s.rollbackTo, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
 		if st != nil {
 			st.Close()
@@ -207,7 +224,12 @@ func (s *Store) Close() error {
 	if s.reader != nil {
 		errs = append(errs, s.reader.Close())
 	}
-	errs = append(errs, s.writer.Close())
+	if s.writer != nil {
+		if err := s.writer.Close(); !errors.Is(err, sql.ErrConnDone) { // closed before
+			errs = append(errs, err)
+		}
+	}
+	errs = append(errs, s.writerDB.Close())
 	return errors.Join(errs...)
 }
 
@@ -217,6 +239,8 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.reader.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
 		return storeErr("ping reader", err)
 	}
+	s.writerMu.Lock()
+	defer s.writerMu.Unlock()
 	if err := s.writer.PingContext(ctx); err != nil {
 		return storeErr("ping writer", err)
 	}
@@ -240,76 +264,79 @@ func (s *Store) Update(ctx context.Context, fn func(agentotp.Tx) error) error {
 // maxBatch bounds how many Updates share one transaction.
 const maxBatch = 128
 
-// runBatch runs the batch in one transaction, each job in a savepoint of its
-// own when there are several, and commits the jobs that succeeded.
-func (s *Store) runBatch(batch []*agentotp.WriteJob) []agentotp.WriteResult {
-	results := make([]agentotp.WriteResult, len(batch))
-	s.stats.statements.Add(1) // BEGIN
-	sqlTx, err := s.writer.BeginTx(context.Background(), nil)
-	if err != nil {
-		err = storeErr("begin transaction", err)
-		for i := range results {
-			results[i].Err = err
-		}
-		return results
+// runBatch runs the batch in one transaction, each job as soon as it is
+// taken (so a batch held open for company does its work while it waits),
+// and commits the jobs that succeeded. The first job runs in the
+// transaction itself, each later one in a savepoint of its own, so that it
+// can fail alone; if the first fails, the batch ends there and the jobs not
+// yet taken wait for the next.
+func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
+	first := b.Next()
+	s.writerMu.Lock()
+	defer s.writerMu.Unlock()
+	if err := s.beginTx(); err != nil {
+		return []agentotp.WriteResult{{Err: err}}
 	}
-	single := len(batch) == 1
+	var results []agentotp.WriteResult
 	ok := 0
 	head := &auditHead{}
-	for i, j := range batch {
+	for j := first; j != nil; j = b.Next() {
+		i := len(results)
+		results = append(results, agentotp.WriteResult{})
 		if err := j.Ctx.Err(); err != nil {
 			results[i].Err = err
 			continue
 		}
-		if !single {
+		nested := i > 0
+		if nested {
 			s.stats.statements.Add(1)
-			if _, err := sqlTx.Stmt(s.savepoint).Exec(); err != nil {
-				s.abort(sqlTx, results, storeErr("savepoint", err))
+			if _, err := s.savepoint.Exec(); err != nil {
+				s.abort(results, storeErr("savepoint", err))
 				return results
 			}
 		}
 		before := *head
-		results[i] = j.Run(&tx{s: s, tx: countedTx{Tx: sqlTx, n: &s.stats.statements}, head: head})
+		results[i] = j.Run(&tx{s: s, tx: countedConn{Conn: s.writer, n: &s.stats.statements}, head: head})
 		if results[i].OK() {
 			ok++
-			if !single {
+			if nested {
 				s.stats.statements.Add(1)
-				if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
-					s.abort(sqlTx, results, storeErr("release savepoint", err))
+				if _, err := s.release.Exec(); err != nil {
+					s.abort(results, storeErr("release savepoint", err))
 					return results
 				}
 			}
 			continue
 		}
-		if single {
-			_ = sqlTx.Rollback()
+		if !nested {
+			s.rollbackTx()
 			return results
 		}
 		*head = before // the job's appends are rolled back with it
 		s.stats.statements.Add(1)
-		if _, err := sqlTx.Stmt(s.rollbackTo).Exec(); err != nil {
-			s.abort(sqlTx, results, storeErr("roll back savepoint", err))
+		if _, err := s.rollbackTo.Exec(); err != nil {
+			s.abort(results, storeErr("roll back savepoint", err))
 			return results
 		}
 		s.stats.statements.Add(1)
-		if _, err := sqlTx.Stmt(s.release).Exec(); err != nil {
-			s.abort(sqlTx, results, storeErr("release savepoint", err))
+		if _, err := s.release.Exec(); err != nil {
+			s.abort(results, storeErr("release savepoint", err))
 			return results
 		}
 	}
 	if ok == 0 {
-		_ = sqlTx.Rollback()
+		s.rollbackTx()
 		return results
 	}
 	if head.moved {
-		if err := s.writeHead(sqlTx, head); err != nil {
-			s.abort(sqlTx, results, err)
+		if err := s.writeHead(head); err != nil {
+			s.abort(results, err)
 			return results
 		}
 	}
 	s.stats.statements.Add(1)
-	if err := sqlTx.Commit(); err != nil {
-		s.abort(nil, results, storeErr("commit", err))
+	if _, err := s.commit.Exec(); err != nil {
+		s.abort(results, storeErr("commit", err))
 		return results
 	}
 	s.stats.commits.Add(1)
@@ -340,12 +367,29 @@ func (s *Store) Stats() Stats {
 	return Stats{Commits: s.stats.commits.Load(), Updates: s.stats.jobs.Load(), Statements: s.stats.statements.Load()}
 }
 
-// abort fails every job that had not failed on its own: the transaction
-// holding their changes is gone.
-func (s *Store) abort(sqlTx *sql.Tx, results []agentotp.WriteResult, err error) {
-	if sqlTx != nil {
-		_ = sqlTx.Rollback()
+// beginTx starts a write transaction on the writer connection. A
+// transaction left open by a failed ROLLBACK is ended first, so that one
+// failure does not fail every batch after it.
+func (s *Store) beginTx() error {
+	s.stats.statements.Add(1)
+	_, err := s.begin.Exec()
+	if err != nil && strings.Contains(err.Error(), "within a transaction") {
+		s.rollbackTx()
+		_, err = s.begin.Exec()
 	}
+	return storeErr("begin transaction", err)
+}
+
+// rollbackTx ends the write transaction, undoing it. It fails only when
+// none is open (SQLite may already have rolled back after an I/O error).
+func (s *Store) rollbackTx() {
+	_, _ = s.rollback.Exec()
+}
+
+// abort rolls the transaction back and fails every job that had not failed
+// on its own: the transaction holding their changes is gone.
+func (s *Store) abort(results []agentotp.WriteResult, err error) {
+	s.rollbackTx()
 	for i := range results {
 		if results[i].OK() {
 			results[i].Err = err

@@ -19,7 +19,7 @@ var _ agentotp.Tx = (*tx)(nil)
 // skipped by the writer instead.
 type tx struct {
 	s    *Store
-	tx   countedTx
+	tx   countedConn
 	head *auditHead // shared by the jobs of one batch
 	// fresh holds the permissions this job created, with their token
 	// hash: their trail is the events this job is writing, so checking
@@ -27,33 +27,33 @@ type tx struct {
 	fresh map[agentotp.PermissionID]string
 }
 
-// countedTx is the batch's transaction, counting the statements run
-// through it (Stats).
-type countedTx struct {
-	*sql.Tx
+// countedConn is the writer connection inside the batch's transaction,
+// counting the statements run through it (Stats).
+type countedConn struct {
+	*sql.Conn
 	n *atomic.Int64
 }
 
-func (c countedTx) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
+func (c countedConn) ExecContext(ctx context.Context, q string, args ...any) (sql.Result, error) {
 	c.n.Add(1)
-	return c.Tx.ExecContext(ctx, q, args...)
+	return c.Conn.ExecContext(context.WithoutCancel(ctx), q, args...)
 }
 
-func (c countedTx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+func (c countedConn) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
 	c.n.Add(1)
-	return c.Tx.QueryContext(ctx, q, args...)
+	return c.Conn.QueryContext(context.WithoutCancel(ctx), q, args...)
 }
 
-func (c countedTx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
+func (c countedConn) QueryRowContext(ctx context.Context, q string, args ...any) *sql.Row {
 	c.n.Add(1)
-	return c.Tx.QueryRowContext(ctx, q, args...)
+	return c.Conn.QueryRowContext(context.WithoutCancel(ctx), q, args...)
 }
 
-// StmtContext counts the prepared statement's one run that follows: every
-// caller binds a statement to run it once.
-func (c countedTx) StmtContext(ctx context.Context, st *sql.Stmt) *sql.Stmt {
+// Stmt counts the prepared statement's one run that follows: every caller
+// takes a statement to run it once.
+func (c countedConn) Stmt(st *sql.Stmt) *sql.Stmt {
 	c.n.Add(1)
-	return c.Tx.StmtContext(ctx, st)
+	return st
 }
 
 // auditHead caches the chain's newest link for the rest of a batch: the
@@ -65,9 +65,8 @@ type auditHead struct {
 	moved bool // appended in this batch: write audit_head before commit
 }
 
-// stmt binds a statement prepared on the writer to this transaction; as
-// both live on the one writer connection, database/sql reuses the prepared
-// statement instead of preparing it again.
-func (t *tx) stmt(ctx context.Context, st *sql.Stmt) *sql.Stmt {
-	return t.tx.StmtContext(context.WithoutCancel(ctx), st)
+// stmt is a statement prepared on the writer connection, to run in this
+// transaction.
+func (t *tx) stmt(_ context.Context, st *sql.Stmt) *sql.Stmt {
+	return t.tx.Stmt(st)
 }
