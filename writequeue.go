@@ -31,40 +31,56 @@ type WriteBatch struct {
 	q       *WriteQueue
 	jobs    []*WriteJob
 	taken   int
-	hold    *time.Timer // running while every job taken is a background update
+	hold    *time.Timer // running while every job so far is a background update
+	sealed  bool        // no more jobs join
 	closing bool        // the queue closed while the batch was held
 }
 
 // Next returns the batch's next job, or nil when the batch is complete:
-// first the job that opened it, then those queued since; while every job
-// taken so far is a background update, it waits for the next one, up to
-// the first's delay. A store that stops calling Next leaves the jobs not
-// yet taken queued for the next batch.
+// first the job that opened it; while every job so far is a background
+// update, the next one to arrive, waiting up to the first's delay; then
+// the jobs queued at the moment the hold ended (or at once, if there was
+// none), and no more, so that a batch does not grow while it runs. A store
+// that stops calling Next leaves the jobs not yet taken queued for the
+// next batch.
 func (b *WriteBatch) Next() *WriteJob {
-	if b.taken < len(b.jobs) {
-		b.taken++
-		return b.jobs[b.taken-1]
+	for {
+		if b.taken < len(b.jobs) {
+			b.taken++
+			return b.jobs[b.taken-1]
+		}
+		if b.sealed {
+			return nil
+		}
+		if b.hold != nil && len(b.jobs) < b.q.maxBatch {
+			select {
+			case j := <-b.q.jobs:
+				b.jobs = append(b.jobs, j)
+				if CommitDelay(j.Ctx) > 0 {
+					continue // still nobody waiting: keep holding
+				}
+			case <-b.hold.C:
+			case <-b.q.quit:
+				b.closing = true
+			}
+			b.hold.Stop()
+			b.hold = nil
+		}
+		b.gather()
 	}
-	if len(b.jobs) >= b.q.maxBatch || b.closing {
-		return nil
+}
+
+// gather takes the jobs queued now, up to the batch's bound, and seals it.
+func (b *WriteBatch) gather() {
+	b.sealed = true
+	for len(b.jobs) < b.q.maxBatch {
+		select {
+		case j := <-b.q.jobs:
+			b.jobs = append(b.jobs, j)
+		default:
+			return
+		}
 	}
-	select {
-	case j := <-b.q.jobs:
-		return b.take(j)
-	default:
-	}
-	if b.hold == nil {
-		return nil
-	}
-	select {
-	case j := <-b.q.jobs:
-		return b.take(j)
-	case <-b.hold.C:
-		b.hold = nil
-	case <-b.q.quit:
-		b.closing = true
-	}
-	return nil
 }
 
 // All takes the whole batch before any of it runs, for a store that sends
@@ -73,16 +89,6 @@ func (b *WriteBatch) All() []*WriteJob {
 	for b.Next() != nil {
 	}
 	return b.jobs
-}
-
-func (b *WriteBatch) take(j *WriteJob) *WriteJob {
-	b.jobs = append(b.jobs, j)
-	b.taken++
-	if b.hold != nil && CommitDelay(j.Ctx) == 0 {
-		b.hold.Stop()
-		b.hold = nil
-	}
-	return j
 }
 
 // WriteJob is one queued Update.

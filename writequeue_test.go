@@ -78,6 +78,30 @@ func TestWriteQueue(t *testing.T) {
 		require.Equal(t, []int{2}, r.sizes())
 	})
 
+	t.Run("a batch does not grow while it runs", func(t *testing.T) {
+		var sizes []int
+		late := make(chan error, 1)
+		var q *agentotp.WriteQueue
+		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
+			var out []agentotp.WriteResult
+			for j := b.Next(); j != nil; j = b.Next() {
+				out = append(out, j.Run(nil))
+				if len(sizes) == 0 && len(out) == 1 {
+					require.Nil(t, b.Next(), "nothing else was queued")
+					go func() { late <- q.Update(ctx, ok) }()
+					time.Sleep(50 * time.Millisecond) // queued while this batch runs
+				}
+			}
+			sizes = append(sizes, len(out))
+			return out
+		}
+		q = agentotp.NewWriteQueue(8, run)
+		defer q.Close()
+		require.NoError(t, q.Update(ctx, ok))
+		require.NoError(t, <-late)
+		require.Equal(t, []int{1, 1}, sizes)
+	})
+
 	t.Run("a store that stops taking leaves the rest for the next batch", func(t *testing.T) {
 		var sizes []int
 		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
