@@ -39,8 +39,9 @@ const (
 // Option configures a Client or an Admin.
 type Option func(*transport)
 
-// WithHTTPClient sets the HTTP client (default: a client of its own with
-// no overall timeout; per-attempt timeouts come from WithTimeout). A
+// WithHTTPClient sets the HTTP client (default: one shared by the package's
+// clients, with no overall timeout and up to 64 idle connections per
+// server; per-attempt timeouts come from WithTimeout). A
 // client's own Timeout must exceed the long-poll length (55 s) plus
 // WithTimeout, or waits will be cut short.
 func WithHTTPClient(hc *http.Client) Option {
