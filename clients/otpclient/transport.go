@@ -39,9 +39,10 @@ const (
 // Option configures a Client or an Admin.
 type Option func(*transport)
 
-// WithHTTPClient sets the HTTP client (default: one shared by the package's
-// clients, with no overall timeout and up to 64 idle connections per
-// server; per-attempt timeouts come from WithTimeout). A
+// WithHTTPClient sets the HTTP client (default: a client of its own with
+// no overall timeout, over a transport the package's clients share that
+// keeps up to 64 idle connections per server; per-attempt timeouts come
+// from WithTimeout). A
 // client's own Timeout must exceed the long-poll length (55 s) plus
 // WithTimeout, or waits will be cut short.
 func WithHTTPClient(hc *http.Client) Option {
