@@ -2,6 +2,7 @@ package agentotp
 
 import (
 	"context"
+	"slices"
 	"sync"
 	"time"
 )
@@ -36,13 +37,13 @@ type WriteBatch struct {
 	closing bool        // the queue closed while the batch was held
 }
 
-// Next returns the batch's next job, or nil when the batch is complete:
-// first the job that opened it; while every job so far is a background
-// update, the next one to arrive, waiting up to the first's delay; then
-// the jobs queued at the moment the hold ended (or at once, if there was
-// none), and no more, so that a batch does not grow while it runs. A store
-// that stops calling Next leaves the jobs not yet taken queued for the
-// next batch.
+// Next returns the batch's next job, or nil when the batch is complete. A
+// batch opened by an update someone waits on is the jobs queued at that
+// moment. One opened by a background update first takes, while every job
+// so far is a background update, the next to arrive, waiting up to the
+// first's delay; then the jobs queued when the hold ends. A batch never
+// grows while it runs. Jobs a store leaves untaken go first in the next
+// batch.
 func (b *WriteBatch) Next() *WriteJob {
 	for {
 		if b.taken < len(b.jobs) {
@@ -69,6 +70,11 @@ func (b *WriteBatch) Next() *WriteJob {
 		b.gather()
 	}
 }
+
+// Alone reports whether the batch is known to hold a single job, so that
+// a store can run it without a savepoint of its own. A held batch is never
+// known to be alone.
+func (b *WriteBatch) Alone() bool { return b.sealed && len(b.jobs) == 1 }
 
 // gather takes the jobs queued now, up to the batch's bound, and seals it.
 func (b *WriteBatch) gather() {
@@ -167,35 +173,49 @@ func (q *WriteQueue) Close() {
 // Closing is closed when Close begins.
 func (q *WriteQueue) Closing() <-chan struct{} { return q.quit }
 
-// errNotRun answers a job the store never took (it must take the first).
+// errNotRun answers the jobs of a batch whose store took none of them, or
+// took a job and gave no result for it.
 var errNotRun = &Error{Code: CodeInternal, Message: "the store did not run the update"}
 
 func (q *WriteQueue) loop() {
 	defer close(q.done)
-	jobs := make([]*WriteJob, 0, q.maxBatch)
+	var carry []*WriteJob // taken off the queue by the last batch, not run
 	for {
-		var first *WriteJob
-		select {
-		case first = <-q.jobs:
-		case <-q.quit:
-			return
-		}
-		b := &WriteBatch{q: q, jobs: append(jobs[:0], first)}
-		if d := CommitDelay(first.Ctx); d > 0 {
-			b.hold = time.NewTimer(d)
+		b := &WriteBatch{q: q, jobs: carry, sealed: len(carry) > 0}
+		carry = nil
+		if !b.sealed {
+			select {
+			case first := <-q.jobs:
+				b.jobs = append(b.jobs, first)
+				if d := CommitDelay(first.Ctx); d > 0 {
+					b.hold = time.NewTimer(d)
+				} else {
+					b.gather() // someone waits: the batch is what is queued now
+				}
+			case <-q.quit:
+				return
+			}
 		}
 		results := q.run(b)
 		if b.hold != nil {
 			b.hold.Stop()
 		}
-		for i, j := range b.jobs {
+		done := b.jobs[:b.taken]
+		if b.taken == 0 {
+			done = b.jobs // a store that takes nothing must not loop forever
+		}
+		for i, j := range done {
 			r := WriteResult{Err: errNotRun}
 			if i < len(results) {
 				r = results[i]
 			}
 			j.done <- r
 		}
+		carry = slices.Clone(b.jobs[len(done):])
 		if b.closing {
+			for _, j := range carry {
+				j.done <- WriteResult{Err: errStoreClosed}
+			}
 			return
 		}
 	}

@@ -80,6 +80,7 @@ func TestWriteQueue(t *testing.T) {
 
 	t.Run("a batch does not grow while it runs", func(t *testing.T) {
 		var sizes []int
+		var sealedEarly bool
 		late := make(chan error, 1)
 		var q *agentotp.WriteQueue
 		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
@@ -87,7 +88,7 @@ func TestWriteQueue(t *testing.T) {
 			for j := b.Next(); j != nil; j = b.Next() {
 				out = append(out, j.Run(nil))
 				if len(sizes) == 0 && len(out) == 1 {
-					require.Nil(t, b.Next(), "nothing else was queued")
+					sealedEarly = b.Alone()
 					go func() { late <- q.Update(ctx, ok) }()
 					time.Sleep(50 * time.Millisecond) // queued while this batch runs
 				}
@@ -99,12 +100,35 @@ func TestWriteQueue(t *testing.T) {
 		defer q.Close()
 		require.NoError(t, q.Update(ctx, ok))
 		require.NoError(t, <-late)
+		require.True(t, sealedEarly, "an update someone waits on, queued alone, runs alone")
 		require.Equal(t, []int{1, 1}, sizes)
 	})
 
-	t.Run("a store that stops taking leaves the rest for the next batch", func(t *testing.T) {
-		var sizes []int
+	t.Run("a held batch is never alone", func(t *testing.T) {
+		alone := make(chan bool, 1)
 		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
+			var out []agentotp.WriteResult
+			for j := b.Next(); j != nil; j = b.Next() {
+				if len(out) == 0 {
+					alone <- b.Alone()
+				}
+				out = append(out, j.Run(nil))
+			}
+			return out
+		}
+		q := agentotp.NewWriteQueue(8, run)
+		defer q.Close()
+		require.NoError(t, q.Update(agentotp.WithCommitDelay(ctx, 10*time.Millisecond), ok))
+		require.False(t, <-alone)
+	})
+
+	t.Run("jobs a store leaves untaken run in the next batch", func(t *testing.T) {
+		var sizes []int
+		release := make(chan struct{})
+		run := func(b *agentotp.WriteBatch) []agentotp.WriteResult {
+			if len(sizes) == 0 {
+				<-release // let the others queue up behind the first
+			}
 			j := b.Next() // one job a batch: the queue must not lose the others
 			sizes = append(sizes, 1)
 			return []agentotp.WriteResult{j.Run(nil)}
@@ -112,10 +136,17 @@ func TestWriteQueue(t *testing.T) {
 		q := agentotp.NewWriteQueue(8, run)
 		defer q.Close()
 		var wg sync.WaitGroup
+		errs := make(chan error, 20)
 		for range 20 {
-			wg.Go(func() { require.NoError(t, q.Update(ctx, ok)) })
+			wg.Go(func() { errs <- q.Update(ctx, ok) })
 		}
+		time.Sleep(50 * time.Millisecond)
+		close(release)
 		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
 		require.Len(t, sizes, 20)
 	})
 

@@ -82,8 +82,11 @@ func (t *tx) PrunePermissions(ctx context.Context, before time.Time, limit int) 
 // processes wait; readers go on) and needs about the database's size in
 // free disk space; the write-ahead log is truncated afterwards.
 func (s *Store) Vacuum(ctx context.Context) error {
-	s.writerMu.Lock() // between batches: VACUUM cannot run in a transaction
-	defer s.writerMu.Unlock()
+	// Between batches: VACUUM cannot run in a transaction.
+	if err := s.lockWriter(ctx); err != nil {
+		return storeErr("vacuum", err)
+	}
+	defer func() { <-s.writerSem }()
 	if _, err := s.writer.ExecContext(ctx, "VACUUM"); err != nil {
 		return storeErr("vacuum", err)
 	}

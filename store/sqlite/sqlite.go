@@ -18,7 +18,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -49,10 +48,10 @@ type Store struct {
 	path        string
 	busyTimeout time.Duration
 	auditKey    *agentotp.AuditKey
-	writerDB    *sql.DB   // one connection: writer, held for the store's life
-	writer      *sql.Conn // runs every write transaction (BEGIN IMMEDIATE)
-	writerMu    sync.Mutex
-	reader      *sql.DB // pool, query_only
+	writerDB    *sql.DB       // one connection: writer, held for the store's life
+	writer      *sql.Conn     // runs every write transaction (BEGIN IMMEDIATE)
+	writerSem   chan struct{} // held by a batch, Ping and Vacuum: one at a time on writer
+	reader      *sql.DB       // pool, query_only
 
 	// Writer statements, prepared on the writer connection. Transactions
 	// are BEGIN and COMMIT statements on it rather than sql.Tx: database/sql
@@ -131,7 +130,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	writer.SetConnMaxLifetime(0)
 	writer.SetConnMaxIdleTime(0)
 
-	s := &Store{path: path, busyTimeout: busy, writerDB: writer, auditKey: opts.AuditKey}
+	s := &Store{path: path, busyTimeout: busy, writerDB: writer, writerSem: make(chan struct{}, 1), auditKey: opts.AuditKey}
 	if err := s.migrate(ctx); err != nil {
 		writer.Close()
 		return nil, err
@@ -239,8 +238,10 @@ func (s *Store) Ping(ctx context.Context) error {
 	if err := s.reader.QueryRowContext(ctx, "SELECT 1").Scan(&one); err != nil {
 		return storeErr("ping reader", err)
 	}
-	s.writerMu.Lock()
-	defer s.writerMu.Unlock()
+	if err := s.lockWriter(ctx); err != nil {
+		return storeErr("ping writer", err)
+	}
+	defer func() { <-s.writerSem }()
 	if err := s.writer.PingContext(ctx); err != nil {
 		return storeErr("ping writer", err)
 	}
@@ -270,14 +271,14 @@ const maxBatch = 128
 
 // runBatch runs the batch in one transaction, each job as soon as it is
 // taken (so a batch held open for company does its work while it waits),
-// and commits the jobs that succeeded. The first job runs in the
-// transaction itself, each later one in a savepoint of its own, so that it
-// can fail alone; if the first fails, the batch ends there and the jobs not
-// yet taken wait for the next.
+// and commits the jobs that succeeded. Each job runs in a savepoint of its
+// own, so that it can fail alone, unless the batch is known to hold only
+// it.
 func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 	first := b.Next()
-	s.writerMu.Lock()
-	defer s.writerMu.Unlock()
+	alone := b.Alone()
+	s.writerSem <- struct{}{}
+	defer func() { <-s.writerSem }()
 	if err := s.beginTx(); err != nil {
 		return []agentotp.WriteResult{{Err: err}}
 	}
@@ -291,8 +292,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 			results[i].Err = err
 			continue
 		}
-		nested := i > 0
-		if nested {
+		if !alone {
 			s.stats.statements.Add(1)
 			if _, err := s.savepoint.Exec(); err != nil {
 				s.abort(results, storeErr("savepoint", err))
@@ -303,7 +303,10 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 		results[i] = j.Run(&tx{s: s, tx: countedConn{Conn: s.writer, n: &s.stats.statements}, head: head})
 		if results[i].OK() {
 			ok++
-			if nested {
+			if !alone {
+				// Fails if SQLite rolled the transaction back on its own
+				// (an I/O error the job did not pass on): then nothing
+				// of the batch may commit.
 				s.stats.statements.Add(1)
 				if _, err := s.release.Exec(); err != nil {
 					s.abort(results, storeErr("release savepoint", err))
@@ -312,7 +315,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 			}
 			continue
 		}
-		if !nested {
+		if alone {
 			s.rollbackTx()
 			return results
 		}
@@ -369,6 +372,16 @@ type Stats struct {
 // Stats returns the writer's counters.
 func (s *Store) Stats() Stats {
 	return Stats{Commits: s.stats.commits.Load(), Updates: s.stats.jobs.Load(), Statements: s.stats.statements.Load()}
+}
+
+// lockWriter waits for the writer connection between batches, or for ctx.
+func (s *Store) lockWriter(ctx context.Context) error {
+	select {
+	case s.writerSem <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
 // beginTx starts a write transaction on the writer connection. A

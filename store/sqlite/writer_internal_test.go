@@ -37,9 +37,9 @@ func TestWriterConnection(t *testing.T) {
 		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
-		s.writerMu.Lock()
+		require.NoError(t, s.lockWriter(ctx))
 		_, err = s.writer.ExecContext(ctx, "BEGIN IMMEDIATE")
-		s.writerMu.Unlock()
+		<-s.writerSem
 		require.NoError(t, err)
 
 		a := newAgent("after")
@@ -54,7 +54,9 @@ func TestWriterConnection(t *testing.T) {
 		boom := errors.New("boom")
 		bad := newAgent("bad")
 		require.ErrorIs(t, s.Update(ctx, func(tx agentotp.Tx) error {
-			require.NoError(t, tx.CreateAgent(ctx, bad))
+			if err := tx.CreateAgent(ctx, bad); err != nil {
+				return err
+			}
 			return boom
 		}), boom)
 		good := newAgent("good")
@@ -63,21 +65,61 @@ func TestWriterConnection(t *testing.T) {
 		require.True(t, stored(t, s, good))
 	})
 
-	t.Run("a held batch keeps its writes invisible; Vacuum and Ping wait for it", func(t *testing.T) {
+	t.Run("a held batch keeps its writes invisible; Vacuum and Ping wait for it, or for their context", func(t *testing.T) {
 		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
 		held := newAgent("held")
+		ran := make(chan struct{})
 		heldDone := make(chan error, 1)
-		go func() { heldDone <- create(s, agentotp.WithCommitDelay(ctx, 300*time.Millisecond), held) }()
-		time.Sleep(100 * time.Millisecond) // run, and held open waiting for company
+		background := agentotp.WithCommitDelay(ctx, 500*time.Millisecond)
+		go func() {
+			heldDone <- s.Update(background, func(tx agentotp.Tx) error {
+				err := tx.CreateAgent(ctx, held)
+				close(ran)
+				return err
+			})
+		}()
+		<-ran // written, and held open waiting for company
 		require.False(t, stored(t, s, held), "not visible before its commit")
+
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		require.ErrorIs(t, s.Ping(short), context.DeadlineExceeded, "a ping gives up with its context")
 
 		start := time.Now()
 		require.NoError(t, s.Ping(ctx))
 		require.NoError(t, s.Vacuum(ctx))
 		require.NoError(t, <-heldDone)
-		require.GreaterOrEqual(t, time.Since(start), 100*time.Millisecond, "waited for the held batch")
+		require.GreaterOrEqual(t, time.Since(start), 300*time.Millisecond, "waited for the held batch")
 		require.True(t, stored(t, s, held))
+	})
+
+	t.Run("jobs after a failed one in a batch still commit", func(t *testing.T) {
+		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
+		require.NoError(t, err)
+		t.Cleanup(func() { s.Close() })
+		boom := errors.New("boom")
+		bad := newAgent("bad")
+		commits := s.Stats().Commits
+		ran := make(chan struct{})
+		badDone := make(chan error, 1)
+		go func() {
+			// Held, so that the next update joins its batch.
+			badDone <- s.Update(agentotp.WithCommitDelay(ctx, time.Minute), func(tx agentotp.Tx) error {
+				defer close(ran)
+				if err := tx.CreateAgent(ctx, bad); err != nil {
+					return err
+				}
+				return boom
+			})
+		}()
+		<-ran
+		good := newAgent("good")
+		require.NoError(t, create(s, ctx, good))
+		require.ErrorIs(t, <-badDone, boom)
+		require.False(t, stored(t, s, bad), "rolled back to its savepoint")
+		require.True(t, stored(t, s, good))
+		require.Equal(t, commits+1, s.Stats().Commits, "one commit for the batch")
 	})
 }
