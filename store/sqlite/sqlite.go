@@ -254,9 +254,9 @@ func (s *Store) Ping(ctx context.Context) error {
 // Store's read methods, which see the last committed state only.
 //
 // Updates from concurrent callers are group-committed: the writer runs the
-// calls waiting at the same moment in one transaction, each after the first
-// inside its own savepoint, so a failing call rolls back alone and one
-// commit (one fsync at synchronous=FULL) makes the whole batch durable.
+// calls waiting at the same moment in one transaction, each inside its own
+// savepoint (unless it runs alone), so a failing call rolls back alone and
+// one commit (one fsync at synchronous=FULL) makes the whole batch durable.
 // Update returns only after that commit, so an acknowledged change is on
 // disk. A background update (agentotp.WithCommitDelay) runs at once and
 // keeps its transaction, and so the file's write lock, open for up to its
