@@ -92,7 +92,7 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	h := t.head
 	if !h.known {
 		var l auditLink
-		err := t.stmt(ctx, t.s.lastAudit).QueryRowContext(ctx).Scan(&l.seq, &l.hash, &l.mac,
+		err := t.stmt(t.s.lastAudit).QueryRowContext(ctx).Scan(&l.seq, &l.hash, &l.mac,
 			&l.head.Seq, &l.head.Hash, &l.head.MAC, &l.head.KeyID)
 		if err != nil {
 			return storeErr("read audit head", err)
@@ -132,7 +132,7 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	if key := t.s.auditKey; key != nil {
 		e.MAC = key.EventMAC(e)
 	}
-	_, err = t.stmt(ctx, t.s.insertAudit).ExecContext(ctx, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
+	_, err = t.stmt(t.s.insertAudit).ExecContext(ctx, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
 		e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
 		string(e.DetailsJSON), e.PrevHash, e.Hash, nullString(e.MAC), nullString(e.TokenRef))
 	if err != nil {
@@ -207,7 +207,7 @@ func (t *tx) checkTrail(ctx context.Context, e *agentotp.AuditEvent) error {
 		lastRef, issRef            string
 		issSeq                     int64
 	)
-	err := t.stmt(ctx, t.s.trail).QueryRowContext(ctx, string(e.PermissionID)).Scan(&status, &remaining, &tokenHash,
+	err := t.stmt(t.s.trail).QueryRowContext(ctx, string(e.PermissionID)).Scan(&status, &remaining, &tokenHash,
 		&lastType, &lastUses, &lastLeft, &lastRef, &issSeq, &issUse, &issRef)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil // no row to hold to the trail

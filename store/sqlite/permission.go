@@ -283,7 +283,7 @@ func collect[T any](rows *sql.Rows, scan func(scanner) (T, error)) ([]T, error) 
 // Permission reads one permission inside the transaction.
 func (t *tx) Permission(ctx context.Context, id agentotp.PermissionID) (*agentotp.Permission, error) {
 	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
-	p, err := scanPermission(t.stmt(ctx, t.s.txPermission).QueryRowContext(ctx, string(id)))
+	p, err := scanPermission(t.stmt(t.s.txPermission).QueryRowContext(ctx, string(id)))
 	return p, storeErr("read permission", err, permissionNotFound)
 }
 
@@ -293,7 +293,7 @@ func (t *tx) PermissionByIdempotencyKey(ctx context.Context, agent agentotp.Agen
 	if key == "" {
 		return nil, errNotFound("permission not found")
 	}
-	p, err := scanPermission(t.stmt(ctx, t.s.txIdempotency).QueryRowContext(ctx, string(agent), key))
+	p, err := scanPermission(t.stmt(t.s.txIdempotency).QueryRowContext(ctx, string(agent), key))
 	return p, storeErr("read permission by idempotency key", err, permissionNotFound)
 }
 
@@ -314,7 +314,7 @@ func (t *tx) CreatePermission(ctx context.Context, p *agentotp.Permission) error
 	}
 	all := append([]any{string(p.ID), agentID, nanos(p.CreatedAt), p.IdempotencyKey, nullString(p.CallbackURL)}, tool...)
 	all = append(all, args...)
-	_, err = t.stmt(ctx, t.s.insertPermission).ExecContext(ctx, all...)
+	_, err = t.stmt(t.s.insertPermission).ExecContext(ctx, all...)
 	if err != nil {
 		return storeErr("create permission", err, failure{
 			conflict: "permission already exists (id, idempotency key or token)",
@@ -380,7 +380,7 @@ func (t *tx) IssueToken(ctx context.Context, id agentotp.PermissionID, hash stri
 func (t *tx) SpendToken(ctx context.Context, id agentotp.PermissionID, agent agentotp.AgentID, hash string, now time.Time) (int, error) {
 	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	var left int
-	err := t.stmt(ctx, t.s.spendToken).QueryRowContext(ctx, nanos(now), string(id), string(agent), hash, now.UnixNano()).Scan(&left)
+	err := t.stmt(t.s.spendToken).QueryRowContext(ctx, nanos(now), string(id), string(agent), hash, now.UnixNano()).Scan(&left)
 	if errors.Is(err, sql.ErrNoRows) {
 		// Wrong permission, agent or token, not approved, used up or
 		// expired: the caller re-reads the row to explain which.

@@ -19,7 +19,7 @@ const storageUsageSQL = `SELECT permissions, bytes FROM agent_usage WHERE agent_
 func (t *tx) StorageUsage(ctx context.Context, agent agentotp.AgentID) (agentotp.StorageUsage, error) {
 	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
 	var u agentotp.StorageUsage
-	err := t.stmt(ctx, t.s.storageUsage).QueryRowContext(ctx, string(agent)).Scan(&u.Permissions, &u.Bytes)
+	err := t.stmt(t.s.storageUsage).QueryRowContext(ctx, string(agent)).Scan(&u.Permissions, &u.Bytes)
 	if errors.Is(err, sql.ErrNoRows) {
 		return agentotp.StorageUsage{}, nil
 	}

@@ -67,6 +67,6 @@ type auditHead struct {
 
 // stmt is a statement prepared on the writer connection, to run in this
 // transaction.
-func (t *tx) stmt(_ context.Context, st *sql.Stmt) *sql.Stmt {
+func (t *tx) stmt(st *sql.Stmt) *sql.Stmt {
 	return t.tx.Stmt(st)
 }

@@ -33,12 +33,17 @@ func TestWriterConnection(t *testing.T) {
 		return true
 	}
 
-	t.Run("a transaction left open is ended before the next batch", func(t *testing.T) {
+	openWriter := func(t *testing.T) *Store {
 		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
 		require.NoError(t, err)
 		t.Cleanup(func() { s.Close() })
+		return s
+	}
+
+	t.Run("a transaction left open is ended before the next batch", func(t *testing.T) {
+		s := openWriter(t)
 		require.NoError(t, s.lockWriter(ctx))
-		_, err = s.writer.ExecContext(ctx, "BEGIN IMMEDIATE")
+		_, err := s.writer.ExecContext(ctx, "BEGIN IMMEDIATE")
 		<-s.writerSem
 		require.NoError(t, err)
 
@@ -48,9 +53,7 @@ func TestWriterConnection(t *testing.T) {
 	})
 
 	t.Run("a failed first job rolls back and the writer goes on", func(t *testing.T) {
-		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
+		s := openWriter(t)
 		boom := errors.New("boom")
 		bad := newAgent("bad")
 		require.ErrorIs(t, s.Update(ctx, func(tx agentotp.Tx) error {
@@ -66,9 +69,7 @@ func TestWriterConnection(t *testing.T) {
 	})
 
 	t.Run("a held batch keeps its writes invisible; Vacuum and Ping wait for it, or for their context", func(t *testing.T) {
-		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
+		s := openWriter(t)
 		held := newAgent("held")
 		ran := make(chan struct{})
 		heldDone := make(chan error, 1)
@@ -96,9 +97,7 @@ func TestWriterConnection(t *testing.T) {
 	})
 
 	t.Run("jobs after a failed one in a batch still commit", func(t *testing.T) {
-		s, err := Open(ctx, filepath.Join(t.TempDir(), "w.db"), Options{})
-		require.NoError(t, err)
-		t.Cleanup(func() { s.Close() })
+		s := openWriter(t)
 		boom := errors.New("boom")
 		bad := newAgent("bad")
 		commits := s.Stats().Commits
