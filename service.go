@@ -254,18 +254,13 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 		token Secret
 		used  *UseResult
 	)
+	// A retry (its idempotency key already made a permission) is answered
+	// by replay below. It is caught by the key's unique index when the
+	// insert conflicts, not by a lookup first: retries are rare, and the
+	// lookup cost every request a read in the writer. A refusal met before
+	// the insert looks the key up then, so that a retry is answered from
+	// its permission rather than refused.
 	err := s.store.Update(ctx, func(tx Tx) error {
-		if req.IdempotencyKey != "" {
-			// A retry: answered from the permission its key made (below),
-			// looked up here rather than in a transaction of its own.
-			_, err := tx.PermissionByIdempotencyKey(ctx, agent.ID, req.IdempotencyKey)
-			if err == nil {
-				return errRetried
-			}
-			if !errors.Is(err, ErrNotFound) {
-				return err
-			}
-		}
 		var events []*AuditEvent
 		perm, token, events = first, firstToken, firstEvents
 		if probe.asked.Load() {
@@ -280,11 +275,11 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 				return fmt.Errorf("count pending: %w", err)
 			}
 			if n >= s.maxPending {
-				return Errorf(CodeRateLimited, "too many requests are waiting for approval")
+				return retryOr(ctx, tx, agent.ID, req.IdempotencyKey, Errorf(CodeRateLimited, "too many requests are waiting for approval"))
 			}
 		}
 		if err := s.checkQuota(ctx, tx, agent.ID); err != nil {
-			return err
+			return retryOr(ctx, tx, agent.ID, req.IdempotencyKey, err)
 		}
 		if err := tx.CreatePermission(ctx, perm); err != nil {
 			return err
@@ -322,6 +317,22 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 		perm.UsesRemaining = used.UsesRemaining
 	}
 	return perm, token, used, nil
+}
+
+// retryOr returns errRetried if key already made one of agent's
+// permissions, and refusal otherwise.
+func retryOr(ctx context.Context, tx Tx, agent AgentID, key string, refusal error) error {
+	if key == "" {
+		return refusal
+	}
+	_, err := tx.PermissionByIdempotencyKey(ctx, agent, key)
+	switch {
+	case err == nil:
+		return errRetried
+	case errors.Is(err, ErrNotFound):
+		return refusal
+	}
+	return err
 }
 
 // evaluate asks the policy; an evaluation error fails closed to a deny.

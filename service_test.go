@@ -468,6 +468,71 @@ func TestIdempotentRequest(t *testing.T) {
 	require.NotEqual(t, p1.ID, p3.ID)
 }
 
+// TestIdempotentRetryPastLimits: a retry is answered from the permission
+// its key made even when a new request would be refused (the pending cap
+// or the storage quota is reached), and 100 concurrent attempts with one
+// key make one permission and one audit trail.
+func TestIdempotentRetryPastLimits(t *testing.T) {
+	for _, limit := range []string{"pending cap", "storage quota"} {
+		t.Run(limit, func(t *testing.T) {
+			f := newFixture(t, func(o *agentotp.Options) {
+				o.MaxPendingPerAgent = 2
+				if limit == "storage quota" {
+					o.MaxPendingPerAgent, o.MaxStoredBytesPerAgent = 100, 1
+				}
+			})
+			a := f.agent("a")
+			req := agentotp.PermissionRequest{Action: "x", IdempotencyKey: "k-1"}
+			first, _, err := f.svc.RequestPermission(f.ctx, a, req)
+			require.NoError(t, err)
+			if limit == "pending cap" {
+				_, _, err = f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "y"})
+				require.NoError(t, err)
+			}
+			_, _, err = f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "z", IdempotencyKey: "k-2"})
+			require.ErrorIs(t, err, agentotp.ErrRateLimited, "a new request is refused")
+			again, _, err := f.svc.RequestPermission(f.ctx, a, req)
+			require.NoError(t, err, "a retry is answered")
+			require.Equal(t, first.ID, again.ID)
+			_, _, err = f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "other", IdempotencyKey: "k-1"})
+			require.ErrorIs(t, err, agentotp.ErrConflict, "the key with another request")
+		})
+	}
+
+	t.Run("100 at once", func(t *testing.T) {
+		f := newFixture(t) // requests wait for a person: a retry re-issues no token
+		a := f.agent("a")
+		req := agentotp.PermissionRequest{Action: "x", IdempotencyKey: "storm"}
+		ids := make([]agentotp.PermissionID, 100)
+		var wg sync.WaitGroup
+		errs := make(chan error, len(ids))
+		for i := range ids {
+			wg.Go(func() {
+				p, _, err := f.svc.RequestPermission(f.ctx, a, req)
+				if err != nil {
+					errs <- err
+					return
+				}
+				ids[i] = p.ID
+			})
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
+			require.NoError(t, err)
+		}
+		for _, id := range ids {
+			require.Equal(t, ids[0], id, "every attempt answers with the one permission")
+		}
+		_, total, err := f.store.Permissions(f.ctx, agentotp.PermissionFilter{Page: agentotp.Page{Page: 1, Limit: 10}})
+		require.NoError(t, err)
+		require.Equal(t, 1, total)
+		events, err := f.store.AuditEvents(f.ctx, agentotp.AuditFilter{PermissionID: ids[0]})
+		require.NoError(t, err)
+		require.Len(t, events, 1, "one request event: the retries' inserts were rolled back")
+	})
+}
+
 func TestUseEnforcesScope(t *testing.T) {
 	f := newFixture(t, func(o *agentotp.Options) {
 		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
