@@ -107,6 +107,10 @@ func TestRequestAndUseInOneStep(t *testing.T) {
 	require.NotEmpty(t, tok)
 	require.Equal(t, &agentotp.UseResult{Success: true, UsesRemaining: 0}, used)
 	require.Equal(t, agentotp.StatusUsed, perm.Status)
+	stored, err := f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusUsed, stored.Status, "stored spent: one write")
+	require.Zero(t, stored.UsesRemaining)
 	events, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: perm.ID, Ascending: true})
 	require.NoError(t, err)
 	var types []agentotp.EventType
@@ -120,6 +124,29 @@ func TestRequestAndUseInOneStep(t *testing.T) {
 	require.False(t, used.Success, "outside the scope: refused, nothing spent")
 	require.Equal(t, 1, used.UsesRemaining)
 	require.Equal(t, agentotp.StatusApproved, perm.Status)
+
+	// Two uses: the first spent with the request, the second by Use with
+	// the token; a third is refused.
+	req2 := req
+	req2.Uses = 2
+	perm, tok, used, err = f.svc.RequestAndUse(f.ctx, a, req2, map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.Equal(t, &agentotp.UseResult{Success: true, UsesRemaining: 1}, used)
+	require.Equal(t, agentotp.StatusApproved, perm.Status)
+	require.Equal(t, 1, perm.UsesRemaining)
+	stored, err = f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusApproved, stored.Status)
+	require.Equal(t, 1, stored.UsesRemaining)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"n": 2.0})
+	require.NoError(t, err)
+	require.Equal(t, agentotp.UseResult{Success: true, UsesRemaining: 0}, res)
+	res, err = f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"n": 1.0})
+	require.NoError(t, err)
+	require.False(t, res.Success)
+	stored, err = f.store.Permission(f.ctx, perm.ID)
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusUsed, stored.Status)
 
 	f.eff.Store(int32(agentotp.EffectRequireApproval))
 	perm, _, used, err = f.svc.RequestAndUse(f.ctx, a, req, map[string]any{"n": 1.0})

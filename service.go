@@ -281,19 +281,22 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 		if err := s.checkQuota(ctx, tx, agent.ID); err != nil {
 			return retryOr(ctx, tx, agent.ID, req.IdempotencyKey, err)
 		}
-		if err := tx.CreatePermission(ctx, perm); err != nil {
+		// The first use asked with the request is decided before the row
+		// is written: spent, the permission is stored as the spend leaves
+		// it, in one insert instead of an insert and an update.
+		row, useEvent := perm, (*AuditEvent)(nil)
+		used = nil
+		if spend != nil && perm.Status == StatusApproved && token != "" {
+			row, used, useEvent = s.spendFirst(ctx, p, perm, spend, now)
+		}
+		if err := tx.CreatePermission(ctx, row); err != nil {
 			return err
 		}
 		if err := appendAll(ctx, tx, events); err != nil {
 			return err
 		}
-		used = nil
-		if spend != nil && perm.Status == StatusApproved && token != "" {
-			u, err := s.useNow(ctx, tx, p, perm, token, spend, now)
-			if err != nil {
-				return err
-			}
-			used = &u
+		if useEvent != nil {
+			return tx.AppendAudit(ctx, useEvent)
 		}
 		return nil
 	})

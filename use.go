@@ -348,27 +348,35 @@ func (s *Service) reconcileSoon() {
 	}
 }
 
-// useNow spends the first use of a permission approved in the same
-// transaction (RequestAndUse), with the checks of Use: the details against
-// the grant and the policy's useWhen. The policy itself was just asked. A
-// refusal spends nothing and is audited.
-func (s *Service) useNow(ctx context.Context, tx Tx, p Principal, perm *Permission, token Secret, details map[string]any, now time.Time) (UseResult, error) {
+// spendFirst decides the first use of perm, a permission approved by the
+// request that creates it (RequestAndUse), with the checks of Use: the
+// details against the grant and the policy's useWhen (the policy itself
+// was just asked). It returns the row to store for perm, the result and
+// its audit event. Spent, the row is a copy of perm as SpendToken would
+// leave it (one use fewer, used when none is left); refused, it is perm,
+// and nothing is spent. perm itself is left as it was.
+func (s *Service) spendFirst(ctx context.Context, p Principal, perm *Permission, details map[string]any, now time.Time) (*Permission, *UseResult, *AuditEvent) {
+	left := usable(perm, now)
 	reason := checkUse(perm, details)
 	if reason == "" {
 		reason = s.useWhen(ctx, perm, details, now)
 	}
-	if reason == "" {
-		remaining, err := tx.SpendToken(ctx, perm.ID, p.Agent.ID, token.Hash(), now)
-		if err != nil {
-			return UseResult{}, err
-		}
-		return UseResult{Success: true, UsesRemaining: remaining}, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUse, now, map[string]any{
-			"actionDetails": details, "usesRemaining": remaining,
-		}), perm))
+	if reason == "" && left < 1 {
+		reason = ReasonTokenExpired // a grant that ends as it starts
 	}
-	return UseResult{Reason: reason, UsesRemaining: perm.UsesRemaining}, tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
-		"reason": reason, "actionDetails": details,
-	}), perm))
+	if reason != "" {
+		return perm, &UseResult{Reason: reason, UsesRemaining: left}, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
+			"reason": reason, "actionDetails": details,
+		}), perm)
+	}
+	spent := *perm
+	spent.UsesRemaining, spent.UpdatedAt = left-1, now
+	if spent.UsesRemaining == 0 {
+		spent.Status = StatusUsed
+	}
+	return &spent, &UseResult{Success: true, UsesRemaining: spent.UsesRemaining}, permEvent(s.event(ctx, p, EventUse, now, map[string]any{
+		"actionDetails": details, "usesRemaining": spent.UsesRemaining,
+	}), perm)
 }
 
 // useWhen applies the policy's use condition, if the decision has one, and
