@@ -72,6 +72,11 @@ type Store struct {
 	savepoint        *sql.Stmt
 	release          *sql.Stmt
 	rollbackTo       *sql.Stmt
+	dataVersion      *sql.Stmt
+
+	// lastHead is the chain's newest link as the last committed batch left
+	// it; only the writer (holding writerSem) touches it.
+	lastHead committedHead
 
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
@@ -187,6 +192,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.writer, &s.savepoint, "SAVEPOINT job"},
 		{s.writer, &s.release, "RELEASE job"},
 		{s.writer, &s.rollbackTo, "ROLLBACK TO job"},
+		{s.writer, &s.dataVersion, "PRAGMA data_version"},
 		{s.reader, &s.readPermission, selectPermission + " WHERE id = ?"},
 		{s.reader, &s.agentByKeyHash, selectAgent + " WHERE key_hash = ? AND key_hash <> ''"},
 		{s.reader, &s.userByKeyHash, selectUser + " WHERE key_hash = ? AND key_hash <> ''"},
@@ -282,9 +288,13 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 	if err := s.beginTx(); err != nil {
 		return []agentotp.WriteResult{{Err: err}}
 	}
+	head, version, err := s.startHead()
+	if err != nil {
+		s.rollbackTx()
+		return []agentotp.WriteResult{{Err: err}}
+	}
 	var results []agentotp.WriteResult
 	ok := 0
-	head := &auditHead{}
 	for j := first; j != nil; j = b.Next() {
 		i := len(results)
 		results = append(results, agentotp.WriteResult{})
@@ -346,6 +356,9 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 		s.abort(results, storeErr("commit", err))
 		return results
 	}
+	if head.known {
+		s.lastHead = committedHead{ok: true, version: version, seq: head.seq, hash: head.hash}
+	}
 	s.stats.commits.Add(1)
 	s.stats.jobs.Add(int64(ok))
 	return results
@@ -395,6 +408,38 @@ func (s *Store) beginTx() error {
 		_, err = s.begin.Exec()
 	}
 	return storeErr("begin transaction", err)
+}
+
+// committedHead is the chain's newest link as a committed batch left it,
+// with the data_version SQLite reported to the writer in that batch.
+type committedHead struct {
+	ok      bool
+	version int64
+	seq     int64
+	hash    string
+}
+
+// startHead returns the audit head a batch starts from, and the writer's
+// data_version. When no other connection has committed since the last
+// batch that committed here (data_version unchanged), the head is that
+// batch's newest link: reading the newest event and the recorded head
+// again, and checking their link, would only read back what this
+// connection wrote (SQLite keeps its page cache for the same reason).
+// Otherwise the first append of the batch reads and checks them. Until
+// this batch commits, no head is remembered: a batch that rolls back
+// leaves the next one to read.
+func (s *Store) startHead() (*auditHead, int64, error) {
+	var version int64
+	s.stats.statements.Add(1)
+	if err := s.dataVersion.QueryRow().Scan(&version); err != nil {
+		return nil, 0, storeErr("read data version", err)
+	}
+	head := &auditHead{}
+	if c := s.lastHead; c.ok && c.version == version {
+		head.known, head.seq, head.hash = true, c.seq, c.hash
+	}
+	s.lastHead = committedHead{}
+	return head, version, nil
 }
 
 // rollbackTx ends the write transaction, undoing it. It fails only when

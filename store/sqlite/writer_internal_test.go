@@ -122,3 +122,45 @@ func TestWriterConnection(t *testing.T) {
 		require.Equal(t, commits+1, s.Stats().Commits, "one commit for the batch")
 	})
 }
+
+// A batch starts from the audit head the last committed batch left, unless
+// another connection committed since (the tampering tests in the root
+// package show that case) or the last batch rolled back.
+func TestWriterRemembersAuditHead(t *testing.T) {
+	ctx := context.Background()
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "h.db"), Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	boom := errors.New("boom")
+	appendEvent := func(fail bool) (statements int64, err error) {
+		before := s.Stats().Statements
+		err = s.Update(ctx, func(tx agentotp.Tx) error {
+			if err := tx.AppendAudit(ctx, &agentotp.AuditEvent{Time: time.Now(), Type: agentotp.EventRequest, ActorType: "system", ActorID: "test"}); err != nil {
+				return err
+			}
+			if fail {
+				return boom
+			}
+			return nil
+		})
+		return s.Stats().Statements - before, err
+	}
+
+	read, err := appendEvent(false)
+	require.NoError(t, err)
+	require.True(t, s.lastHead.ok)
+	remembered, err := appendEvent(false)
+	require.NoError(t, err)
+	require.Equal(t, read-1, remembered, "the second batch does not read the head again")
+
+	_, err = appendEvent(true)
+	require.ErrorIs(t, err, boom)
+	require.False(t, s.lastHead.ok, "a batch that rolled back leaves no head")
+	again, err := appendEvent(false)
+	require.NoError(t, err)
+	require.Equal(t, read, again, "read again after a rollback")
+
+	v := agentotp.NewChainVerifier()
+	require.NoError(t, s.ScanAudit(ctx, v.Next))
+	require.EqualValues(t, 3, v.Checked, "the chain links through the rolled-back batch")
+}
