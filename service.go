@@ -292,13 +292,10 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 		if err := tx.CreatePermission(ctx, row); err != nil {
 			return err
 		}
-		if err := appendAll(ctx, tx, events); err != nil {
-			return err
-		}
 		if useEvent != nil {
-			return tx.AppendAudit(ctx, useEvent)
+			events = append(events[:len(events):len(events)], useEvent)
 		}
-		return nil
+		return appendAll(ctx, tx, events)
 	})
 	if errors.Is(err, errRetried) || errors.Is(err, ErrConflict) && req.IdempotencyKey != "" {
 		// A retry, or a race lost to a concurrent one with the same key.
@@ -481,6 +478,12 @@ func tokenDetails(p *Permission, delivery string) map[string]any {
 }
 
 func appendAll(ctx context.Context, tx Tx, events []*AuditEvent) error {
+	if a, ok := tx.(AuditAppender); ok && len(events) > 1 {
+		if err := a.AppendAudits(ctx, events); err != nil {
+			return fmt.Errorf("append audit %s…%s: %w", events[0].Type, events[len(events)-1].Type, err)
+		}
+		return nil
+	}
 	for _, e := range events {
 		if err := tx.AppendAudit(ctx, e); err != nil {
 			return fmt.Errorf("append audit %s: %w", e.Type, err)

@@ -112,6 +112,13 @@ type Tx interface {
 	PrunePermissions(ctx context.Context, before time.Time, limit int) (int, error)
 }
 
+// AuditAppender is a Tx that can append several events at once: as
+// AppendAudit on each in turn, in fewer statements. Either all are stored
+// or none (with the error).
+type AuditAppender interface {
+	AppendAudits(ctx context.Context, events []*AuditEvent) error
+}
+
 // StorageUsage is what one agent's stored permissions take.
 type StorageUsage struct {
 	// Permissions counts them, in any status.

@@ -25,7 +25,11 @@ const lastAuditSQL = `SELECT coalesce(e.seq, 0), coalesce(e.hash, ''), coalesce(
 	LEFT JOIN (SELECT seq, hash, mac FROM audit_events ORDER BY seq DESC LIMIT 1) AS e ON 1
 	LEFT JOIN audit_head AS h ON h.id = 1`
 
-const insertAuditSQL = `INSERT INTO audit_events (` + auditColumns + `) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
+const insertAuditSQL = `INSERT INTO audit_events (` + auditColumns + `) VALUES ` + auditRow
+
+// auditRow is one row's placeholders in insertAuditSQL; AppendAudits
+// inserts two or three rows in one statement.
+const auditRow = `(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`
 
 // trailSQL reads, for the trail check at token issue and use, a
 // permission's stored state, its latest state-moving event and the latest
@@ -86,8 +90,59 @@ const (
 //     permission whose events do not say approved.
 func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
-	if !representable(e.Time) {
-		return agentotp.ValidationError("time", "must be between the years 1678 and 2262")
+	return t.appendAudit(ctx, t.s.insertAudit, e)
+}
+
+var _ agentotp.AuditAppender = (*tx)(nil)
+
+// AppendAudits appends events as AppendAudit would one after the other, in
+// one statement when it can (agentotp.AuditAppender): two or three events
+// none of which has its permission's stored trail read. A trail read must
+// see the events before it stored, so such a run is appended one by one.
+func (t *tx) AppendAudits(ctx context.Context, events []*agentotp.AuditEvent) error {
+	ctx = context.WithoutCancel(ctx) // see tx: a caller leaving must not abort the batch
+	var st *sql.Stmt
+	switch len(events) {
+	case 2:
+		st = t.s.insertAudit2
+	case 3:
+		st = t.s.insertAudit3
+	}
+	for _, e := range events {
+		if t.readsTrail(e) {
+			st = nil
+		}
+	}
+	if st == nil {
+		for _, e := range events {
+			if err := t.appendAudit(ctx, t.s.insertAudit, e); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	return t.appendAudit(ctx, st, events...)
+}
+
+// readsTrail reports whether appending e reads its permission's trail (see
+// AppendAudit): a token issue or a use, of a permission this job did not
+// create.
+func (t *tx) readsTrail(e *agentotp.AuditEvent) bool {
+	if e.PermissionID == "" || !(e.Type == agentotp.EventUse || e.IssuesToken()) {
+		return false
+	}
+	_, fresh := t.fresh[e.PermissionID]
+	return !fresh
+}
+
+// appendAudit links events to the chain in order and stores them with st,
+// an insert of exactly that many rows. On an error nothing is stored and
+// the batch's head is as it was.
+func (t *tx) appendAudit(ctx context.Context, st *sql.Stmt, events ...*agentotp.AuditEvent) error {
+	for _, e := range events {
+		if !representable(e.Time) {
+			return agentotp.ValidationError("time", "must be between the years 1678 and 2262")
+		}
 	}
 	h := t.head
 	if !h.known {
@@ -107,11 +162,30 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 		h.known = true
 	}
 	lastSeq, lastHash := h.seq, h.hash
-	var err error
+	args := make([]any, 0, 14*len(events))
+	for _, e := range events {
+		if err := t.link(ctx, e, lastSeq, lastHash); err != nil {
+			return err
+		}
+		lastSeq, lastHash = e.Seq, e.Hash
+		args = append(args, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
+			e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
+			string(e.DetailsJSON), e.PrevHash, e.Hash, nullString(e.MAC), nullString(e.TokenRef))
+	}
+	if _, err := t.stmt(st).ExecContext(ctx, args...); err != nil {
+		return storeErr("append audit event", err, failure{conflict: "audit event id already used"})
+	}
+	h.seq, h.hash, h.moved = lastSeq, lastHash, true
+	return nil
+}
+
+// link makes e the event after (prevSeq, prevHash): its sequence number,
+// hashes and MAC, after the trail check of a token issue or use.
+func (t *tx) link(ctx context.Context, e *agentotp.AuditEvent, prevSeq int64, prevHash string) error {
 	if e.ID == "" {
 		e.ID = agentotp.NewEventID()
 	}
-	e.Seq, e.PrevHash, e.TokenRef, e.MAC = lastSeq+1, lastHash, "", ""
+	e.Seq, e.PrevHash, e.TokenRef, e.MAC = prevSeq+1, prevHash, "", ""
 	if err := e.SealDetails(); err != nil {
 		return agentotp.ValidationError("details", "cannot be encoded")
 	}
@@ -126,19 +200,13 @@ func (t *tx) AppendAudit(ctx context.Context, e *agentotp.AuditEvent) error {
 			return err
 		}
 	}
-	if e.Hash, err = e.ComputeHash(lastHash); err != nil {
+	var err error
+	if e.Hash, err = e.ComputeHash(prevHash); err != nil {
 		return fmt.Errorf("hash audit event: %w", err)
 	}
 	if key := t.s.auditKey; key != nil {
 		e.MAC = key.EventMAC(e)
 	}
-	_, err = t.stmt(t.s.insertAudit).ExecContext(ctx, e.Seq, string(e.ID), nanos(e.Time), string(e.Type),
-		e.ActorType, e.ActorID, string(e.AgentID), string(e.PermissionID), e.RequestID,
-		string(e.DetailsJSON), e.PrevHash, e.Hash, nullString(e.MAC), nullString(e.TokenRef))
-	if err != nil {
-		return storeErr("append audit event", err, failure{conflict: "audit event id already used"})
-	}
-	h.seq, h.hash, h.moved = e.Seq, e.Hash, true
 	return nil
 }
 

@@ -64,6 +64,8 @@ type Store struct {
 	spendToken       *sql.Stmt
 	lastAudit        *sql.Stmt
 	insertAudit      *sql.Stmt
+	insertAudit2     *sql.Stmt // two rows (AppendAudits)
+	insertAudit3     *sql.Stmt // three rows
 	txPermission     *sql.Stmt
 	txIdempotency    *sql.Stmt
 	storageUsage     *sql.Stmt
@@ -184,6 +186,8 @@ func (s *Store) prepare(ctx context.Context) error {
 		{s.writer, &s.spendToken, spendTokenSQL},
 		{s.writer, &s.lastAudit, lastAuditSQL},
 		{s.writer, &s.insertAudit, insertAuditSQL},
+		{s.writer, &s.insertAudit2, insertAuditSQL + ", " + auditRow},
+		{s.writer, &s.insertAudit3, insertAuditSQL + ", " + auditRow + ", " + auditRow},
 		{s.writer, &s.txPermission, selectPermission + " WHERE id = ?"},
 		{s.writer, &s.txIdempotency, selectIdempotency},
 		{s.writer, &s.storageUsage, storageUsageSQL},

@@ -164,3 +164,71 @@ func TestWriterRemembersAuditHead(t *testing.T) {
 	require.NoError(t, s.ScanAudit(ctx, v.Next))
 	require.EqualValues(t, 3, v.Checked, "the chain links through the rolled-back batch")
 }
+
+// AppendAudits stores a run of events in one statement when none of them
+// has its permission's trail read, and one by one otherwise: a token issue
+// and a use of a permission made by an earlier job are held to the trail,
+// and the use must see the issue before it (a keyed chain compares the
+// stored token with the one the latest issue recorded).
+func TestAppendAudits(t *testing.T) {
+	ctx := context.Background()
+	key, err := agentotp.NewAuditKey([]byte("0123456789abcdef0123456789abcdef"))
+	require.NoError(t, err)
+	s, err := Open(ctx, filepath.Join(t.TempDir(), "a.db"), Options{AuditKey: key})
+	require.NoError(t, err)
+	t.Cleanup(func() { s.Close() })
+	now := time.Now()
+	agent := &agentotp.Agent{ID: agentotp.NewAgentID(), Name: "a", KeyHash: "h-a"}
+	p := &agentotp.Permission{ID: agentotp.NewPermissionID(), AgentID: agent.ID, Action: "x", Status: agentotp.StatusApproved,
+		CreatedAt: now, UpdatedAt: now, TokenHash: agentotp.HashSecret("t1"), TokenIssuedAt: now, TokenTTL: time.Hour,
+		TokenExpiresAt: now.Add(time.Hour), Uses: 1, UsesRemaining: 1}
+	event := func(typ agentotp.EventType, d map[string]any) *agentotp.AuditEvent {
+		return &agentotp.AuditEvent{Time: now, Type: typ, ActorType: "agent", ActorID: string(agent.ID),
+			AgentID: agent.ID, PermissionID: p.ID, Details: d}
+	}
+	statements := func(fn func(tx agentotp.Tx) error) int64 {
+		t.Helper()
+		before := s.Stats().Statements
+		require.NoError(t, s.Update(ctx, fn))
+		return s.Stats().Statements - before
+	}
+
+	// Created in the same job: request and approve in one insert.
+	var events []*agentotp.AuditEvent
+	n := statements(func(tx agentotp.Tx) error {
+		if err := tx.CreateAgent(ctx, agent); err != nil {
+			return err
+		}
+		if err := tx.CreatePermission(ctx, p); err != nil {
+			return err
+		}
+		events = []*agentotp.AuditEvent{event(agentotp.EventRequest, map[string]any{"uses": 1}),
+			event(agentotp.EventApprove, map[string]any{"token": map[string]any{"uses": 1}})}
+		return tx.(agentotp.AuditAppender).AppendAudits(ctx, events)
+	})
+	// BEGIN, data_version, the agent, the permission, the head read, one
+	// insert for both events, the head write, COMMIT.
+	require.EqualValues(t, 8, n)
+	require.NotEmpty(t, events[1].TokenRef, "the approval records its token")
+
+	// A later job re-issues the token and spends it: one by one, with the
+	// use held to the issue just recorded.
+	require.NoError(t, s.Update(ctx, func(tx agentotp.Tx) error {
+		q := *p
+		q.TokenHash = agentotp.HashSecret("t2")
+		if err := tx.UpdatePermission(ctx, &q, agentotp.StatusApproved); err != nil {
+			return err
+		}
+		left, err := tx.SpendToken(ctx, p.ID, agent.ID, q.TokenHash, now)
+		if err != nil {
+			return err
+		}
+		return tx.(agentotp.AuditAppender).AppendAudits(ctx, []*agentotp.AuditEvent{
+			event(agentotp.EventTokenIssue, map[string]any{"uses": 1}),
+			event(agentotp.EventUse, map[string]any{"usesRemaining": left})})
+	}))
+
+	v := agentotp.NewKeyedChainVerifier(key)
+	require.NoError(t, s.ScanAudit(ctx, v.Next))
+	require.EqualValues(t, 4, v.Checked)
+}
