@@ -3,6 +3,8 @@ package agentotp_test
 import (
 	"context"
 	"errors"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -92,6 +94,50 @@ func TestGuardSpendsBeforeRunning(t *testing.T) {
 			require.Equal(t, tc.spent, a.spent)
 		})
 	}
+}
+
+// 100 concurrent copies of one request carrying its use (one idempotency
+// key) spend it once: one answers with the use, the others are retries
+// answered from the spent permission, with no token and nothing spent.
+func TestRequestAndUseRetriedAtOnce(t *testing.T) {
+	f := newFixture(t)
+	a := f.agent("gw")
+	f.eff.Store(int32(agentotp.EffectAutoApprove))
+	req := agentotp.PermissionRequest{Action: "x", IdempotencyKey: "call-1"}
+	const n = 100
+	var spent, retried atomic.Int64
+	ids := make([]agentotp.PermissionID, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() {
+			perm, tok, used, err := f.svc.RequestAndUse(f.ctx, a, req, nil)
+			if err != nil {
+				t.Errorf("request %d: %v", i, err)
+				return
+			}
+			ids[i] = perm.ID
+			switch {
+			case used != nil && used.Success && tok != "":
+				spent.Add(1)
+			case used == nil && tok == "" && perm.Status == agentotp.StatusUsed:
+				retried.Add(1)
+			default:
+				t.Errorf("request %d: status %s, use %+v, token %t", i, perm.Status, used, tok != "")
+			}
+		})
+	}
+	wg.Wait()
+	require.EqualValues(t, 1, spent.Load())
+	require.EqualValues(t, n-1, retried.Load())
+	for _, id := range ids {
+		require.Equal(t, ids[0], id)
+	}
+	events, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{PermissionID: ids[0], Ascending: true})
+	require.NoError(t, err)
+	require.Len(t, events, 3, "request, approve, one use")
+	rep, err := f.svc.VerifyAudit(f.ctx, f.admin)
+	require.NoError(t, err)
+	require.True(t, rep.OK, "%+v", rep)
 }
 
 // An approval at once is asked and spent in one transaction, with Use's

@@ -319,20 +319,18 @@ func (s *Service) request(ctx context.Context, p Principal, req PermissionReques
 	return perm, token, used, nil
 }
 
-// retryOr returns errRetried if key already made one of agent's
-// permissions, and refusal otherwise.
+// retryOr returns errRetried if refusal is a limit (ErrRateLimited) that
+// a new request has reached and key already made one of agent's
+// permissions, and refusal otherwise: a failure stays a failure, and a key
+// that cannot be looked up leaves the request refused.
 func retryOr(ctx context.Context, tx Tx, agent AgentID, key string, refusal error) error {
-	if key == "" {
+	if key == "" || !errors.Is(refusal, ErrRateLimited) {
 		return refusal
 	}
-	_, err := tx.PermissionByIdempotencyKey(ctx, agent, key)
-	switch {
-	case err == nil:
+	if _, err := tx.PermissionByIdempotencyKey(ctx, agent, key); err == nil {
 		return errRetried
-	case errors.Is(err, ErrNotFound):
-		return refusal
 	}
-	return err
+	return refusal
 }
 
 // evaluate asks the policy; an evaluation error fails closed to a deny.
@@ -480,7 +478,7 @@ func tokenDetails(p *Permission, delivery string) map[string]any {
 func appendAll(ctx context.Context, tx Tx, events []*AuditEvent) error {
 	if a, ok := tx.(AuditAppender); ok && len(events) > 1 {
 		if err := a.AppendAudits(ctx, events); err != nil {
-			return fmt.Errorf("append audit %s…%s: %w", events[0].Type, events[len(events)-1].Type, err)
+			return fmt.Errorf("append audit events (%s to %s): %w", events[0].Type, events[len(events)-1].Type, err)
 		}
 		return nil
 	}

@@ -65,6 +65,10 @@ type Tx interface {
 	// it sees this batch's earlier writes, so budgets and caps checked
 	// here cannot be overrun by concurrent requests.
 	CountPermissions(ctx context.Context, agent AgentID, actionPattern string, since time.Time, statuses []Status) (int, error)
+	// CreatePermission inserts p. A permission of the same agent with the
+	// same non-empty idempotency key already stored (or written earlier in
+	// this transaction) makes it return ErrConflict, write nothing and
+	// leave the transaction usable: that conflict is how a retry is found.
 	CreatePermission(ctx context.Context, p *Permission) error
 	// UpdatePermission writes p if the stored status is still expect;
 	// otherwise it returns ErrConflict and writes nothing (compare-and-set).
@@ -113,8 +117,8 @@ type Tx interface {
 }
 
 // AuditAppender is a Tx that can append several events at once: as
-// AppendAudit on each in turn, in fewer statements. Either all are stored
-// or none (with the error).
+// AppendAudit on each in turn, in fewer statements. After an error some of
+// them may be stored: the caller fails its update, which undoes them.
 type AuditAppender interface {
 	AppendAudits(ctx context.Context, events []*AuditEvent) error
 }

@@ -362,7 +362,9 @@ func (s *Service) spendFirst(ctx context.Context, p Principal, perm *Permission,
 		reason = s.useWhen(ctx, perm, details, now)
 	}
 	if reason == "" && left < 1 {
-		reason = ReasonTokenExpired // a grant that ends as it starts
+		// Not reached by a validated request (a token lives 30 s or more,
+		// with a use or more); should it be, nothing is spent.
+		reason = ReasonTokenExpired
 	}
 	if reason != "" {
 		return perm, &UseResult{Reason: reason, UsesRemaining: left}, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{

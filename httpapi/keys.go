@@ -21,9 +21,10 @@ import (
 // It is a single pass over the bytes, without encoding/json's tokenizer
 // (which allocates for every token): every request body goes through it.
 // The body is valid UTF-8 (decode checks that first), so a key's bytes are
-// its text unless it holds an escape. Syntax is not its concern: it stops at the first thing it does not
-// expect and leaves the error to the real decode, so on a valid document
-// it must be exact, and on any other it must only terminate.
+// its text unless it holds an escape. Syntax is not its concern: it stops
+// at the first thing it does not expect and leaves the error to the real
+// decode, so on a valid document it must be exact, and on any other it
+// must only terminate.
 func checkKeys(body []byte, t reflect.Type) error {
 	s := keyScanner{b: body}
 	if err := s.value(t, 0); err != errNotJSON {

@@ -374,3 +374,50 @@ func TestGroupCommit(t *testing.T) {
 	require.Equal(t, int64(21), st.Updates)
 	require.LessOrEqual(t, st.Commits, int64(3), "the 20 queued updates share a commit or two")
 }
+
+// A request carrying its use, sent 100 times at once with one idempotency
+// key through services on both instances, is spent once: the permission is
+// inserted already spent, and every other attempt is a retry found by the
+// key's unique index and answered from it, with nothing spent again.
+func TestRequestAndUseOverTwoInstances(t *testing.T) {
+	ctx := context.Background()
+	a, _, both := twoInstances(t)
+	agent := agentotp.Principal{Agent: newAgent(t, a, "gateway")}
+	auto := agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+		return agentotp.Decision{Effect: agentotp.EffectAutoApprove, Rule: "auto"}, nil
+	})
+	svcs := map[*postgres.Store]*agentotp.Service{}
+	for _, s := range both {
+		svcs[s] = agentotp.NewService(s, agentotp.Options{Evaluator: auto})
+	}
+	req := agentotp.PermissionRequest{Action: "mcp.fs.read", Scope: map[string]any{"path": "/a"}, IdempotencyKey: "call-1",
+		Tool: &agentotp.ToolCall{Server: "fs", Name: "read", Args: map[string]any{"path": "/a"}}}
+	var spent, retried atomic.Int64
+	ids := make([]agentotp.PermissionID, 100)
+	parallel(len(ids), both, func(i int, s *postgres.Store) {
+		perm, tok, used, err := svcs[s].RequestAndUse(ctx, agent, req, map[string]any{"path": "/a"})
+		if err != nil {
+			t.Errorf("request %d: %v", i, err)
+			return
+		}
+		ids[i] = perm.ID
+		switch {
+		case used != nil && used.Success && tok != "":
+			spent.Add(1)
+		case used == nil && tok == "" && perm.Status == agentotp.StatusUsed:
+			retried.Add(1)
+		default:
+			t.Errorf("request %d: status %s, use %+v, token %t", i, perm.Status, used, tok != "")
+		}
+	})
+	require.EqualValues(t, 1, spent.Load())
+	require.EqualValues(t, len(ids)-1, retried.Load())
+	for _, id := range ids {
+		require.Equal(t, ids[0], id)
+	}
+	stored, err := a.Permission(ctx, ids[0])
+	require.NoError(t, err)
+	require.Equal(t, agentotp.StatusUsed, stored.Status)
+	require.Zero(t, stored.UsesRemaining)
+	verified(t, a)
+}

@@ -18,7 +18,8 @@ const auditColumns = `seq, id, time, type, actor_type, actor_id, agent_id, permi
 const selectAudit = `SELECT ` + auditColumns + ` FROM audit_events`
 
 // lastAuditSQL reads the newest event's link and the recorded head in one
-// statement: a batch checks one against the other before it appends.
+// statement: a batch checks one against the other before it appends
+// (unless it starts from its predecessor's head, see startHead).
 const lastAuditSQL = `SELECT coalesce(e.seq, 0), coalesce(e.hash, ''), coalesce(e.mac, ''),
 	coalesce(h.seq, 0), coalesce(h.hash, ''), coalesce(h.mac, ''), coalesce(h.key_id, '')
 	FROM (SELECT 1) AS one
@@ -82,7 +83,9 @@ const (
 //
 //   - the recorded head does not verify with the key, or disagrees with
 //     the newest event (events deleted, the head moved, a wrong key), or the
-//     chain is keyed and the store was opened without a key;
+//     chain is keyed and the store was opened without a key. This is
+//     checked by a batch's first append, unless no other connection has
+//     committed since this writer's last batch (see startHead);
 //   - e issues a token for, or records a use of, a permission whose stored
 //     row disagrees with the latest events recorded for it: a use of a
 //     permission whose events say it is used up, revoked or expired, a use

@@ -76,8 +76,8 @@ type Store struct {
 	rollbackTo       *sql.Stmt
 	dataVersion      *sql.Stmt
 
-	// lastHead is the chain's newest link as the last committed batch left
-	// it; only the writer (holding writerSem) touches it.
+	// lastHead is the chain's newest link as the last batch left it (see
+	// startHead); only the writer (holding writerSem) touches it.
 	lastHead committedHead
 
 	readPermission *sql.Stmt
@@ -297,6 +297,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 		s.rollbackTx()
 		return []agentotp.WriteResult{{Err: err}}
 	}
+	start := *head
 	var results []agentotp.WriteResult
 	ok := 0
 	for j := first; j != nil; j = b.Next() {
@@ -331,6 +332,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 		}
 		if alone {
 			s.rollbackTx()
+			s.keepHead(start, version)
 			return results
 		}
 		*head = before // the job's appends are rolled back with it
@@ -347,6 +349,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 	}
 	if ok == 0 {
 		s.rollbackTx()
+		s.keepHead(start, version)
 		return results
 	}
 	if head.moved {
@@ -360,9 +363,7 @@ func (s *Store) runBatch(b *agentotp.WriteBatch) []agentotp.WriteResult {
 		s.abort(results, storeErr("commit", err))
 		return results
 	}
-	if head.known {
-		s.lastHead = committedHead{ok: true, version: version, seq: head.seq, hash: head.hash}
-	}
+	s.keepHead(*head, version)
 	s.stats.commits.Add(1)
 	s.stats.jobs.Add(int64(ok))
 	return results
@@ -414,8 +415,8 @@ func (s *Store) beginTx() error {
 	return storeErr("begin transaction", err)
 }
 
-// committedHead is the chain's newest link as a committed batch left it,
-// with the data_version SQLite reported to the writer in that batch.
+// committedHead is the chain's newest link as the last batch left it, with
+// the data_version SQLite reported to the writer in that batch.
 type committedHead struct {
 	ok      bool
 	version int64
@@ -425,13 +426,13 @@ type committedHead struct {
 
 // startHead returns the audit head a batch starts from, and the writer's
 // data_version. When no other connection has committed since the last
-// batch that committed here (data_version unchanged), the head is that
-// batch's newest link: reading the newest event and the recorded head
-// again, and checking their link, would only read back what this
-// connection wrote (SQLite keeps its page cache for the same reason).
-// Otherwise the first append of the batch reads and checks them. Until
-// this batch commits, no head is remembered: a batch that rolls back
-// leaves the next one to read.
+// batch that ended here (data_version unchanged), the head is the one that
+// batch left: reading the newest event and the recorded head again, and
+// checking their link, would only read back what this connection wrote
+// (SQLite keeps its page cache for the same reason). Otherwise the first
+// append of the batch reads and checks them. Until this batch ends in a
+// commit or a clean rollback (keepHead), no head is remembered: one that
+// fails on the way leaves the next batch to read.
 func (s *Store) startHead() (*auditHead, int64, error) {
 	var version int64
 	s.stats.statements.Add(1)
@@ -444,6 +445,15 @@ func (s *Store) startHead() (*auditHead, int64, error) {
 	}
 	s.lastHead = committedHead{}
 	return head, version, nil
+}
+
+// keepHead remembers h, if known, as the head the next batch starts from:
+// the head a batch committed, or the one it started from when it rolled
+// back all it did.
+func (s *Store) keepHead(h auditHead, version int64) {
+	if h.known {
+		s.lastHead = committedHead{ok: true, version: version, seq: h.seq, hash: h.hash}
+	}
 }
 
 // rollbackTx ends the write transaction, undoing it. It fails only when

@@ -123,16 +123,17 @@ func TestWriterConnection(t *testing.T) {
 	})
 }
 
-// A batch starts from the audit head the last committed batch left, unless
-// another connection committed since (the tampering tests in the root
-// package show that case) or the last batch rolled back.
+// A batch starts from the audit head the last batch left, unless another
+// connection committed since: then it reads the head and checks it again
+// (the tampering tests in the root package show a tampered head refused).
 func TestWriterRemembersAuditHead(t *testing.T) {
 	ctx := context.Background()
-	s, err := Open(ctx, filepath.Join(t.TempDir(), "h.db"), Options{})
+	path := filepath.Join(t.TempDir(), "h.db")
+	s, err := Open(ctx, path, Options{})
 	require.NoError(t, err)
 	t.Cleanup(func() { s.Close() })
 	boom := errors.New("boom")
-	appendEvent := func(fail bool) (statements int64, err error) {
+	appendEvent := func(s *Store, fail bool) (statements int64, err error) {
 		before := s.Stats().Statements
 		err = s.Update(ctx, func(tx agentotp.Tx) error {
 			if err := tx.AppendAudit(ctx, &agentotp.AuditEvent{Time: time.Now(), Type: agentotp.EventRequest, ActorType: "system", ActorID: "test"}); err != nil {
@@ -146,23 +147,30 @@ func TestWriterRemembersAuditHead(t *testing.T) {
 		return s.Stats().Statements - before, err
 	}
 
-	read, err := appendEvent(false)
+	read, err := appendEvent(s, false)
 	require.NoError(t, err)
-	require.True(t, s.lastHead.ok)
-	remembered, err := appendEvent(false)
+	remembered, err := appendEvent(s, false)
 	require.NoError(t, err)
 	require.Equal(t, read-1, remembered, "the second batch does not read the head again")
 
-	_, err = appendEvent(true)
+	_, err = appendEvent(s, true)
 	require.ErrorIs(t, err, boom)
-	require.False(t, s.lastHead.ok, "a batch that rolled back leaves no head")
-	again, err := appendEvent(false)
+	again, err := appendEvent(s, false)
 	require.NoError(t, err)
-	require.Equal(t, read, again, "read again after a rollback")
+	require.Equal(t, remembered, again, "a batch that rolled back left the head it started from")
+
+	other, err := Open(ctx, path, Options{})
+	require.NoError(t, err)
+	t.Cleanup(func() { other.Close() })
+	_, err = appendEvent(other, false)
+	require.NoError(t, err)
+	again, err = appendEvent(s, false)
+	require.NoError(t, err)
+	require.Equal(t, read, again, "another connection's commit: the head is read again")
 
 	v := agentotp.NewChainVerifier()
 	require.NoError(t, s.ScanAudit(ctx, v.Next))
-	require.EqualValues(t, 3, v.Checked, "the chain links through the rolled-back batch")
+	require.EqualValues(t, 5, v.Checked, "one chain across the rollback and both connections")
 }
 
 // AppendAudits stores a run of events in one statement when none of them
