@@ -115,9 +115,7 @@ func (s *keyScanner) object(t reflect.Type, depth int) error {
 	}
 	var seen keySet
 	s.i++ // '{'
-	s.skipSpace()
-	if s.i < len(s.b) && s.b[s.i] == '}' {
-		s.i++
+	if s.closes('}') {
 		return nil
 	}
 	for {
@@ -156,18 +154,8 @@ func (s *keyScanner) object(t reflect.Type, depth int) error {
 			return err
 		}
 		s.path = s.path[:len(s.path)-1]
-		s.skipSpace()
-		if s.i >= len(s.b) {
-			return errNotJSON
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case '}':
-			s.i++
-			return nil
-		default:
-			return errNotJSON
+		if done, err := s.more('}'); done || err != nil {
+			return err
 		}
 	}
 }
@@ -178,29 +166,45 @@ func (s *keyScanner) array(t reflect.Type, depth int) error {
 		elem = t.Elem()
 	}
 	s.i++ // '['
-	s.skipSpace()
-	if s.i < len(s.b) && s.b[s.i] == ']' {
-		s.i++
+	if s.closes(']') {
 		return nil
 	}
 	for {
 		if err := s.value(elem, depth+1); err != nil {
 			return err
 		}
-		s.skipSpace()
-		if s.i >= len(s.b) {
-			return errNotJSON
-		}
-		switch s.b[s.i] {
-		case ',':
-			s.i++
-		case ']':
-			s.i++
-			return nil
-		default:
-			return errNotJSON
+		if done, err := s.more(']'); done || err != nil {
+			return err
 		}
 	}
+}
+
+// closes moves past closer if it comes next: an empty object or array.
+func (s *keyScanner) closes(closer byte) bool {
+	s.skipSpace()
+	if s.i < len(s.b) && s.b[s.i] == closer {
+		s.i++
+		return true
+	}
+	return false
+}
+
+// more moves past what follows a member or an element: a comma (another
+// comes) or closer (done).
+func (s *keyScanner) more(closer byte) (done bool, err error) {
+	s.skipSpace()
+	if s.i >= len(s.b) {
+		return false, errNotJSON
+	}
+	switch s.b[s.i] {
+	case ',':
+		s.i++
+		return false, nil
+	case closer:
+		s.i++
+		return true, nil
+	}
+	return false, errNotJSON
 }
 
 // str moves past the string at s.i and returns it with its quotes, and
