@@ -46,9 +46,10 @@ func startServeProcess(t *testing.T, bin string, args ...string) string {
 	}
 }
 
-// Budgets and the pending cap are limits: 100 concurrent requests from one
-// agent, split over two server processes sharing one SQLite file, never
-// get more than the limit allows.
+// Budgets, the pending cap and single use are limits: 100 concurrent
+// requests from one agent, split over two server processes sharing one
+// SQLite file, never get more than the limit allows, and retries (one
+// idempotency key) are answered from the one permission they made.
 func TestLimitsHoldAcrossProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -68,6 +69,10 @@ func TestLimitsHoldAcrossProcesses(t *testing.T) {
   conditions:
     action: {startsWith: budget.}
   action: deny
+- name: at once
+  conditions:
+    action: {startsWith: auto.}
+  action: auto_approve
 `), 0o600))
 	data := filepath.Join(dir, "data")
 	code, out, errs := run(t, "agents", "create", "racer", "--data", data)
@@ -76,9 +81,11 @@ func TestLimitsHoldAcrossProcesses(t *testing.T) {
 	a := startServeProcess(t, bin, "--data", data, "--policies", pol)
 	b := startServeProcess(t, bin, "--data", data, "--policies", pol)
 
+	var answers []map[string]any // the last fire's answers
 	fire := func(n int, body map[string]any) map[int]int {
 		var mu sync.Mutex
 		codes := map[int]int{}
+		answers = nil
 		var wg sync.WaitGroup
 		start := make(chan struct{})
 		for i := range n {
@@ -88,9 +95,10 @@ func TestLimitsHoldAcrossProcesses(t *testing.T) {
 			}
 			wg.Go(func() {
 				<-start
-				status, _ := call(t, "POST", url+"/api/v1/permissions/request", key, body)
+				status, data := call(t, "POST", url+"/api/v1/permissions/request", key, body)
 				mu.Lock()
 				codes[status]++
+				answers = append(answers, data)
 				mu.Unlock()
 			})
 		}
@@ -103,10 +111,35 @@ func TestLimitsHoldAcrossProcesses(t *testing.T) {
 	require.Equal(t, 3, codes[http.StatusCreated], "exactly the budget is auto-approved: %v", codes)
 	require.Equal(t, 97, codes[http.StatusOK], "the rest are denied: %v", codes)
 
-	// The pending cap (100 per agent): 95 waiting, then 40 at once.
-	codes = fire(95, map[string]any{"action": "ask.one"})
-	require.Equal(t, 95, codes[http.StatusAccepted], codes)
+	// A request carrying its use, 100 times at once with one key: spent
+	// once; every other answer is a retry of the spent permission.
+	codes = fire(100, map[string]any{"action": "auto.once", "idempotencyKey": "once-1", "use": map[string]any{}})
+	var spent int
+	for _, d := range answers {
+		require.Equal(t, answers[0]["id"], d["id"], "one permission")
+		require.Equal(t, "used", d["status"], d)
+		if use, ok := d["use"].(map[string]any); ok {
+			require.Equal(t, true, use["success"], d)
+			spent++
+		}
+	}
+	require.Equal(t, 1, spent, "spent once: %v", codes)
+
+	// The pending cap (100 per agent): 95 waiting (one with a key), then
+	// 40 at once; then, at the cap, retries of the keyed one are answered
+	// from it.
+	codes = fire(94, map[string]any{"action": "ask.one"})
+	require.Equal(t, 94, codes[http.StatusAccepted], codes)
+	keyed := map[string]any{"action": "ask.keyed", "idempotencyKey": "wait-1"}
+	codes = fire(1, keyed)
+	require.Equal(t, 1, codes[http.StatusAccepted], codes)
+	waiting := answers[0]["id"]
 	codes = fire(40, map[string]any{"action": "ask.two"})
 	require.Equal(t, 5, codes[http.StatusAccepted], "the cap is 100 pending: %v", codes)
 	require.Equal(t, 35, codes[http.StatusTooManyRequests], codes)
+	codes = fire(20, keyed)
+	require.Equal(t, 20, codes[http.StatusAccepted], "retries at the cap: %v", codes)
+	for _, d := range answers {
+		require.Equal(t, waiting, d["id"])
+	}
 }
