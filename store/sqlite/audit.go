@@ -192,15 +192,15 @@ func (t *tx) link(ctx context.Context, e *agentotp.AuditEvent, prevSeq int64, pr
 	if err := e.SealDetails(); err != nil {
 		return agentotp.ValidationError("details", "cannot be encoded")
 	}
-	if e.PermissionID != "" && (e.Type == agentotp.EventUse || e.IssuesToken()) {
-		if tokenHash, ok := t.fresh[e.PermissionID]; ok {
-			// Created by this job, under the write lock: its trail is
-			// what this job wrote. Record the token all the same.
-			if key := t.s.auditKey; key != nil && tokenHash != "" && e.IssuesToken() {
-				e.TokenRef = key.TokenRef(tokenHash)
-			}
-		} else if err := t.checkTrail(ctx, e); err != nil {
+	if t.readsTrail(e) {
+		if err := t.checkTrail(ctx, e); err != nil {
 			return err
+		}
+	} else if key := t.s.auditKey; key != nil && e.IssuesToken() {
+		// A permission created by this job, under the write lock: its
+		// trail is what this job wrote. Record the token all the same.
+		if tokenHash := t.fresh[e.PermissionID]; tokenHash != "" {
+			e.TokenRef = key.TokenRef(tokenHash)
 		}
 	}
 	var err error

@@ -76,13 +76,17 @@ type Store struct {
 	rollbackTo       *sql.Stmt
 	dataVersion      *sql.Stmt
 
-	// lastHead is the chain's newest link as the last batch left it (see
-	// startHead); only the writer (holding writerSem) touches it.
-	lastHead committedHead
-
 	readPermission *sql.Stmt
 	agentByKeyHash *sql.Stmt
 	userByKeyHash  *sql.Stmt
+	prepared       []*sql.Stmt // every statement above, for Close
+
+	// lastHead is the chain's newest link as the last batch left it, and
+	// lastVersion the data_version SQLite reported to the writer in that
+	// batch (see startHead); only the writer (holding writerSem) touches
+	// them.
+	lastHead    auditHead
+	lastVersion int64
 
 	stats storeStats
 
@@ -210,6 +214,7 @@ func (s *Store) prepare(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		s.prepared = append(s.prepared, *st.dst)
 	}
 	return nil
 }
@@ -223,11 +228,8 @@ func (s *Store) Close() error {
 	if s.writes != nil {
 		s.writes.Close()
 	}
-	for _, st := range []*sql.Stmt{s.begin, s.commit, s.rollback, s.insertPermission, s.spendToken, s.lastAudit, s.insertAudit,
-		s.txPermission, s.txIdempotency, s.storageUsage, s.trail, s.writeHeadStmt, s.savepoint, s.release, s.rollbackTo, s.readPermission, s.agentByKeyHash, s.userByKeyHash} {
-		if st != nil {
-			st.Close()
-		}
+	for _, st := range s.prepared {
+		st.Close()
 	}
 	var errs []error
 	if s.reader != nil {
@@ -415,15 +417,6 @@ func (s *Store) beginTx() error {
 	return storeErr("begin transaction", err)
 }
 
-// committedHead is the chain's newest link as the last batch left it, with
-// the data_version SQLite reported to the writer in that batch.
-type committedHead struct {
-	ok      bool
-	version int64
-	seq     int64
-	hash    string
-}
-
 // startHead returns the audit head a batch starts from, and the writer's
 // data_version. When no other connection has committed since the last
 // batch that ended here (data_version unchanged), the head is the one that
@@ -440,10 +433,10 @@ func (s *Store) startHead() (*auditHead, int64, error) {
 		return nil, 0, storeErr("read data version", err)
 	}
 	head := &auditHead{}
-	if c := s.lastHead; c.ok && c.version == version {
-		head.known, head.seq, head.hash = true, c.seq, c.hash
+	if s.lastHead.known && s.lastVersion == version {
+		*head = s.lastHead
 	}
-	s.lastHead = committedHead{}
+	s.lastHead = auditHead{}
 	return head, version, nil
 }
 
@@ -452,7 +445,7 @@ func (s *Store) startHead() (*auditHead, int64, error) {
 // back all it did.
 func (s *Store) keepHead(h auditHead, version int64) {
 	if h.known {
-		s.lastHead = committedHead{ok: true, version: version, seq: h.seq, hash: h.hash}
+		s.lastHead, s.lastVersion = auditHead{known: true, seq: h.seq, hash: h.hash}, version
 	}
 }
 

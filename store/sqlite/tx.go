@@ -58,7 +58,7 @@ func (c countedConn) Stmt(st *sql.Stmt) *sql.Stmt {
 
 // auditHead caches the chain's newest link for the rest of a batch: the
 // batch holds the write lock, so only its own appends can move it. A batch
-// may start with it known, from the last committed batch (startHead).
+// may start with it known, from the last batch (startHead).
 type auditHead struct {
 	known bool
 	seq   int64
