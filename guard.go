@@ -80,11 +80,13 @@ func (g *Guard) idempotencyKey(key string) string {
 
 // remember keeps the call's idempotency key while its request waits — or
 // when the wait broke off (the caller left) and the request may exist — so
-// the same call asked again picks it up; a decided call is forgotten.
+// the same call asked again picks it up; a decided call is forgotten, and
+// so is a key the server refused as used for a different request (the
+// call would be refused the same way for ever).
 func (g *Guard) remember(key, idem string, perm *Permission, err error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	if err != nil || perm.Status == StatusPending {
+	if err != nil && !errors.Is(err, ErrConflict) || err == nil && perm.Status == StatusPending {
 		if len(g.pending) >= maxGuardPending {
 			clear(g.pending)
 		}

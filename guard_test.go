@@ -17,12 +17,16 @@ import (
 type fakeAuth struct {
 	status   agentotp.Status
 	keys     []string
+	err      error // Authorize's error, when set
 	spendErr error
 	spent    int
 }
 
 func (f *fakeAuth) Authorize(_ context.Context, req agentotp.PermissionRequest, _ time.Duration) (*agentotp.Permission, agentotp.Secret, error) {
 	f.keys = append(f.keys, req.IdempotencyKey)
+	if f.err != nil {
+		return nil, "", f.err
+	}
 	p := &agentotp.Permission{ID: "perm_x", Status: f.status, DecisionReason: "because"}
 	if f.status == agentotp.StatusApproved {
 		return p, "otp_t", nil
@@ -58,6 +62,37 @@ func TestGuardPicksUpPendingCalls(t *testing.T) {
 	_, err = g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
 	require.NoError(t, err)
 	require.NotEqual(t, a.keys[3], a.keys[4])
+}
+
+func TestGuardKeepsKeyOnlyWhileItCanBePickedUp(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		err  error
+		same bool
+	}{
+		// The request may exist and wait: the same call asks with its key.
+		{"the server could not be reached", agentotp.Errorf(agentotp.CodeUnavailable, "down"), true},
+		{"the wait broke off", context.DeadlineExceeded, true},
+		// The server refuses the key for this call: asking with it again
+		// would be refused for ever.
+		{"the key was used for a different request", agentotp.Errorf(agentotp.CodeConflict, "idempotencyKey was already used for a different request"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			g := agentotp.NewGuard(0)
+			ctx := context.Background()
+			a := &fakeAuth{status: agentotp.StatusPending}
+			_, err := g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+			require.NoError(t, err)
+			a.err = tc.err
+			_, err = g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+			require.ErrorIs(t, err, tc.err)
+			a.err = nil
+			_, err = g.Ask(ctx, a, "call-1", "send", agentotp.PermissionRequest{Action: "x"})
+			require.NoError(t, err)
+			require.Equal(t, a.keys[0], a.keys[1])
+			require.Equal(t, tc.same, a.keys[1] == a.keys[2], "keys %v", a.keys)
+		})
+	}
 }
 
 func TestGuardSpendsBeforeRunning(t *testing.T) {

@@ -73,8 +73,11 @@ func (g *Gateway) gate(ctx context.Context, call gatewayCall) (*dsConn, *agentot
 }
 
 // guardKey identifies one call: agent, kind, server, name, canonical
-// arguments and the tool's annotations (a tool whose hints changed is
-// asked anew).
+// arguments and the request's context (the tool's annotations and the
+// calling client). A call is picked up again only if its request would be
+// the same one: the server refuses an idempotency key reused for anything
+// else, so a tool whose hints changed, or the same call from another
+// client, is asked anew.
 func guardKey(identity string, call gatewayCall) string {
 	h := sha256.New()
 	for _, s := range []string{identity, call.kind, call.d.o.Name, call.name} {
@@ -82,11 +85,9 @@ func guardKey(identity string, call gatewayCall) string {
 		h.Write([]byte{0})
 	}
 	h.Write(call.args)
-	if call.req.Tool != nil {
-		ann, _ := json.Marshal(call.req.Tool.Annotations)
-		h.Write([]byte{0})
-		h.Write(ann)
-	}
+	h.Write([]byte{0})
+	ctx, _ := json.Marshal(call.req.Context) // object keys sorted
+	h.Write(ctx)
 	return hex.EncodeToString(h.Sum(nil))
 }
 

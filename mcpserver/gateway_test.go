@@ -340,6 +340,43 @@ func TestGateway(t *testing.T) {
 		require.Len(t, downstreamCalls(t, log, ""), 1)
 	})
 
+	t.Run("the same call from another client asks anew and never wedges", func(t *testing.T) {
+		// Two MCP clients of one agent (two hosts, or a host before and
+		// after an update) name themselves differently; the person who
+		// approves sees which one asked. The approval stays with it.
+		e := newGWEnv(t, "NORMAL")
+		log := filepath.Join(t.TempDir(), "log")
+		g, _ := startGateway(t, e, mcpserver.GatewayOptions{Wait: 200 * time.Millisecond, Servers: []mcpserver.Downstream{stdioServer("dst", bin, log)}})
+		key := "ak_thisIsTheGatewayClientsKey0000000"
+		srv := httptest.NewServer(mcpserver.SingleAgent(key, e.perms(), e.identity(), g.HTTP(mcpserver.HTTPOptions{})))
+		t.Cleanup(srv.Close)
+		connect := func(version string) *client.Client {
+			tr, err := transport.NewStreamableHTTP(srv.URL+"/mcp", transport.WithHTTPHeaders(map[string]string{"Authorization": "Bearer " + key}))
+			require.NoError(t, err)
+			return initClient(t, client.NewClient(tr, client.WithProtocolVersion(mcp.ProtocolVersion20251125)),
+				mcp.ProtocolVersion20251125, mcp.Implementation{Name: "claude-code", Version: version})
+		}
+		c1, c2 := connect("1.0.0"), connect("1.0.1")
+		args := map[string]any{"id": "x1"}
+
+		r := call(t, c1, "dst__delete_item", args)
+		require.True(t, strings.HasPrefix(r.text, "approval pending (perm_"), r.text)
+		id := permIDRE.FindString(r.text)
+		_, err := e.svc.Decide(context.Background(), e.approver, agentotp.PermissionID(id), agentotp.DecideInput{Approved: true})
+		require.NoError(t, err)
+
+		for range 2 {
+			r = call(t, c2, "dst__delete_item", args)
+			require.True(t, strings.HasPrefix(r.text, "approval pending (perm_"), r.text)
+			require.NotEqual(t, id, permIDRE.FindString(r.text))
+		}
+		require.Empty(t, downstreamCalls(t, log, ""))
+
+		r = call(t, c1, "dst__delete_item", args)
+		require.False(t, r.isError, r.text)
+		require.Equal(t, []dsCall{{"delete_item", args}}, downstreamCalls(t, log, ""))
+	})
+
 	t.Run("a crashed child restarts; other servers keep working", func(t *testing.T) {
 		e := newGWEnv(t, "NORMAL")
 		dir := t.TempDir()
