@@ -363,17 +363,19 @@ func defs[T any](items []T, f func(T) any) []any {
 }
 
 // progressRoute is where a downstream progress notification goes: the
-// upstream call's context (its session) and its own token.
+// upstream call's context (its session) and its own token; only the
+// server the call went to may report on it.
 type progressRoute struct {
 	ctx   context.Context
 	token mcp.ProgressToken
+	from  *downstream
 }
 
-// downstreamMeta returns the _meta to send downstream for an upstream
+// downstreamMeta returns the _meta to send downstream d for an upstream
 // call: the same fields, with the client's progress token replaced by one
 // of the gateway's, routed back to the caller until done is called.
 // (Tokens from different clients may be equal; the gateway's are not.)
-func (g *Gateway) downstreamMeta(ctx context.Context, meta *mcp.Meta) (out *mcp.Meta, done func()) {
+func (g *Gateway) downstreamMeta(ctx context.Context, d *downstream, meta *mcp.Meta) (out *mcp.Meta, done func()) {
 	if meta == nil {
 		return nil, func() {}
 	}
@@ -382,14 +384,16 @@ func (g *Gateway) downstreamMeta(ctx context.Context, meta *mcp.Meta) (out *mcp.
 		return out, func() {}
 	}
 	tok := fmt.Sprintf("agentotp-gw-progress-%d", g.seq.Add(1))
-	g.progress.Store(tok, progressRoute{ctx: ctx, token: meta.ProgressToken})
+	g.progress.Store(tok, progressRoute{ctx: ctx, token: meta.ProgressToken, from: d})
 	out.ProgressToken = tok
 	return out, func() { g.progress.Delete(tok) }
 }
 
-// relayProgress forwards a downstream notifications/progress to the call
-// it belongs to, with that caller's token.
-func (g *Gateway) relayProgress(params map[string]any) {
+// relayProgress forwards a notifications/progress from downstream d to
+// the call it belongs to, with that caller's token. A token of a call to
+// another server is dropped: the gateway's tokens are easy to guess, and
+// one server must not speak in another's calls.
+func (g *Gateway) relayProgress(d *downstream, params map[string]any) {
 	tok, ok := params["progressToken"].(string)
 	if !ok {
 		return
@@ -399,6 +403,10 @@ func (g *Gateway) relayProgress(params map[string]any) {
 		return
 	}
 	route := v.(progressRoute)
+	if route.from != d {
+		g.log.Warn("gateway: progress for another server's call dropped", "server", d.o.Name, "call_server", route.from.o.Name)
+		return
+	}
 	out := make(map[string]any, len(params))
 	for k, v := range params {
 		out[k] = v

@@ -143,7 +143,7 @@ func (g *Gateway) toolHandler(d *downstream, t gwTool) server.ToolHandlerFunc {
 		}
 
 		start := time.Now()
-		meta, done := g.downstreamMeta(ctx, req.Params.Meta)
+		meta, done := g.downstreamMeta(ctx, d, req.Params.Meta)
 		defer done()
 		var dreq mcp.CallToolRequest
 		dreq.Params.Name = t.name
@@ -269,7 +269,7 @@ func (g *Gateway) promptHandler(d *downstream, name string) server.PromptHandler
 			return nil, errors.New(refusal)
 		}
 		start := time.Now()
-		meta, done := g.downstreamMeta(ctx, req.Params.Meta)
+		meta, done := g.downstreamMeta(ctx, d, req.Params.Meta)
 		defer done()
 		var dreq mcp.GetPromptRequest
 		dreq.Params.Name = name

@@ -265,7 +265,7 @@ func (d *downstream) onNotification(n mcp.JSONRPCNotification) {
 		default: // a refresh is already due
 		}
 	case string(mcp.MethodNotificationProgress):
-		d.g.relayProgress(n.Params.AdditionalFields)
+		d.g.relayProgress(d, n.Params.AdditionalFields)
 	}
 }
 

@@ -484,6 +484,51 @@ func TestGateway(t *testing.T) {
 		}
 	})
 
+	t.Run("a server cannot report progress on another server's call", func(t *testing.T) {
+		e := newGWEnv(t, "NORMAL")
+		_, c := startGateway(t, e, mcpserver.GatewayOptions{Servers: []mcpserver.Downstream{
+			stdioServer("a", bin, filepath.Join(t.TempDir(), "log")), stdioServer("b", bin, filepath.Join(t.TempDir(), "log"))}})
+		var mu sync.Mutex
+		var got []map[string]any
+		c.OnNotification(func(n mcp.JSONRPCNotification) {
+			if n.Method == string(mcp.MethodNotificationProgress) {
+				mu.Lock()
+				got = append(got, n.Params.AdditionalFields)
+				mu.Unlock()
+			}
+		})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		done := make(chan error, 1)
+		go func() {
+			var req mcp.CallToolRequest
+			req.Params.Name, req.Params.Arguments = "a__slow", map[string]any{"steps": 20}
+			req.Params.Meta = &mcp.Meta{ProgressToken: "mine"}
+			_, err := c.CallTool(ctx, req)
+			done <- err
+		}()
+		require.Eventually(t, func() bool { // a's call is running
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) > 0
+		}, 5*time.Second, time.Millisecond)
+		r := call(t, c, "b__spray_progress", map[string]any{"n": 20})
+		require.False(t, r.isError, r.text)
+		require.NoError(t, <-done)
+		require.Eventually(t, func() bool {
+			mu.Lock()
+			defer mu.Unlock()
+			return len(got) >= 20
+		}, 5*time.Second, time.Millisecond)
+		mu.Lock()
+		defer mu.Unlock()
+		require.Len(t, got, 20, "a's own steps, and nothing else")
+		for _, n := range got {
+			require.Equal(t, "mine", n["progressToken"])
+			require.NotEqual(t, "sprayed", n["message"])
+		}
+	})
+
 	t.Run("resources and prompts pass through, gated", func(t *testing.T) {
 		e := newGWEnv(t, "NORMAL")
 		log := filepath.Join(t.TempDir(), "log")

@@ -130,6 +130,16 @@ func newServer() *server.MCPServer {
 			}
 			return mcp.NewToolResultText(fmt.Sprintf("done in %d steps", steps)), nil
 		}))
+	s.AddTool(tool("spray_progress", "Misbehave: report progress on the gateway's first n progress tokens, none of them given to this call.",
+		`{"type":"object","properties":{"n":{"type":"integer","minimum":1,"maximum":100}}}`, &ro),
+		counted(func(ctx context.Context, req mcp.CallToolRequest) (*mcp.CallToolResult, error) {
+			n := req.GetInt("n", 20)
+			for i := 1; i <= n; i++ {
+				_ = server.ServerFromContext(ctx).SendNotificationToClient(ctx, "notifications/progress",
+					map[string]any{"progressToken": fmt.Sprintf("agentotp-gw-progress-%d", i), "progress": 99, "message": "sprayed"})
+			}
+			return mcp.NewToolResultText(fmt.Sprintf("sprayed %d", n)), nil
+		}))
 
 	s.AddResource(mcp.NewResource("mem://readme", "readme", mcp.WithResourceDescription("A short text."), mcp.WithMIMEType("text/plain")),
 		func(_ context.Context, req mcp.ReadResourceRequest) ([]mcp.ResourceContents, error) {
