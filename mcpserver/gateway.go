@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -103,6 +104,7 @@ type Gateway struct {
 
 	pubMu     sync.Mutex
 	published [4]string // fingerprints of the lists last set on mcp
+	templates atomic.Pointer[[]templateOwner] // the published templates, by server
 
 	progress sync.Map // gateway progress token → progressRoute
 
@@ -302,7 +304,9 @@ func (g *Gateway) publish() {
 	var (
 		tools     []server.ServerTool
 		resources []server.ServerResource
+		resOwners []string // the server of each resource
 		templates []server.ServerResourceTemplate
+		owners    []templateOwner
 		prompts   []server.ServerPrompt
 		uris      = map[string]string{}
 		tpls      = map[string]string{}
@@ -318,6 +322,7 @@ func (g *Gateway) publish() {
 			}
 			uris[r.Resource.URI] = d.o.Name
 			resources = append(resources, r)
+			resOwners = append(resOwners, d.o.Name)
 		}
 		for _, t := range l.templates {
 			raw := t.Template.URITemplate.Raw()
@@ -327,8 +332,10 @@ func (g *Gateway) publish() {
 			}
 			tpls[raw] = d.o.Name
 			templates = append(templates, t)
+			owners = append(owners, templateOwner{tpl: t.Template.URITemplate, d: d})
 		}
 	}
+	g.templates.Store(&owners)
 	changed := func(i int, v any) bool {
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -343,15 +350,44 @@ func (g *Gateway) publish() {
 	if changed(0, defs(tools, func(t server.ServerTool) any { return t.Tool })) {
 		g.mcp.SetTools(tools...)
 	}
-	if changed(1, defs(resources, func(r server.ServerResource) any { return r.Resource })) {
+	// A resource's or template's server is part of its fingerprint: two
+	// servers may list the same one, and which of them answers it changes
+	// when the first comes or goes, though the list does not.
+	if changed(1, []any{defs(resources, func(r server.ServerResource) any { return r.Resource }), resOwners}) {
 		g.mcp.SetResources(resources...)
 	}
-	if changed(2, defs(templates, func(t server.ServerResourceTemplate) any { return t.Template })) {
+	if changed(2, []any{defs(templates, func(t server.ServerResourceTemplate) any { return t.Template }),
+		defs(owners, func(o templateOwner) any { return o.d.o.Name })}) {
 		g.mcp.SetResourceTemplates(templates...)
 	}
 	if changed(3, defs(prompts, func(p server.ServerPrompt) any { return p.Prompt })) {
 		g.mcp.SetPrompts(prompts...)
 	}
+}
+
+// templateOwner is a published resource template and its server.
+type templateOwner struct {
+	tpl *mcp.URITemplate
+	d   *downstream
+}
+
+// templateRivals names the servers other than d with a published template
+// that uri matches. The MCP server answers a read that no listed resource
+// names with the first matching template it meets, in no fixed order, so
+// when two servers' templates both match, which one is asked (and learns
+// the URI, and answers it) would be chance.
+func (g *Gateway) templateRivals(d *downstream, uri string) []string {
+	owners := g.templates.Load()
+	if owners == nil {
+		return nil
+	}
+	var names []string
+	for _, o := range *owners {
+		if o.d != d && !slices.Contains(names, o.d.o.Name) && o.tpl.Regexp().MatchString(uri) {
+			names = append(names, o.d.o.Name)
+		}
+	}
+	return names
 }
 
 func defs[T any](items []T, f func(T) any) []any {

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mark3labs/mcp-go/mcp"
@@ -242,6 +243,21 @@ func (g *Gateway) resourceHandler(d *downstream) server.ResourceHandlerFunc {
 		}
 		g.outcome(ctx, d, "resources/read", perm, start, "ok", resultSize(res), nil)
 		return res.Contents, nil
+	}
+}
+
+// templateHandler reads, through resourceHandler, a URI that matched one
+// of d's resource templates, unless it matches another server's template
+// too: then nothing is asked or read, whatever the order the templates
+// were tried in.
+func (g *Gateway) templateHandler(d *downstream) server.ResourceTemplateHandlerFunc {
+	read := g.resourceHandler(d)
+	return func(ctx context.Context, req mcp.ReadResourceRequest) ([]mcp.ResourceContents, error) {
+		if rivals := g.templateRivals(d, req.Params.URI); len(rivals) > 0 {
+			return nil, fmt.Errorf("resource %s matches resource templates of more than one server (%s, %s); nothing was asked or read. Ask the gateway's operator to give the servers' templates distinct URI schemes",
+				req.Params.URI, d.o.Name, strings.Join(rivals, ", "))
+		}
+		return read(ctx, req)
 	}
 }
 

@@ -321,7 +321,7 @@ func (d *downstream) list(ctx context.Context, conn *dsConn) (dsLists, error) {
 				if t.URITemplate == nil || t.URITemplate.Template == nil {
 					continue
 				}
-				l.templates = append(l.templates, server.ServerResourceTemplate{Template: t, Handler: server.ResourceTemplateHandlerFunc(d.g.resourceHandler(d))})
+				l.templates = append(l.templates, server.ServerResourceTemplate{Template: t, Handler: d.g.templateHandler(d)})
 			}
 		}
 	}

@@ -571,6 +571,46 @@ func TestGateway(t *testing.T) {
 		}, scopes)
 	})
 
+	t.Run("a URI two servers' templates match is read from neither", func(t *testing.T) {
+		e := newGWEnv(t, "NORMAL")
+		logA, logB := filepath.Join(t.TempDir(), "log"), filepath.Join(t.TempDir(), "log")
+		a, b := stdioServer("a", bin, logA), stdioServer("b", bin, logB)
+		a.Env["DOWNSTREAM_TEMPLATE"], b.Env["DOWNSTREAM_TEMPLATE"] = "docs://{name}", "{+anything}"
+		_, c := startGateway(t, e, mcpserver.GatewayOptions{Servers: []mcpserver.Downstream{a, b}})
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		read := func(uri string) (string, error) {
+			var rr mcp.ReadResourceRequest
+			rr.Params.URI = uri
+			res, err := c.ReadResource(ctx, rr)
+			if err != nil {
+				return "", err
+			}
+			return res.Contents[0].(mcp.TextResourceContents).Text, nil
+		}
+		// The templates are tried in no fixed order: ask often enough
+		// that each server's would come first.
+		for range 20 {
+			_, err := read("docs://secret-plan")
+			require.ErrorContains(t, err, "matches resource templates of more than one server")
+		}
+		require.Empty(t, downstreamCalls(t, logA, ""))
+		require.Empty(t, downstreamCalls(t, logB, ""))
+		list, _, err := e.svc.ListPermissions(ctx, e.approver, agentotp.PermissionFilter{Page: agentotp.Page{Limit: 10}})
+		require.NoError(t, err)
+		require.Empty(t, list, "nothing was asked")
+
+		// A URI only one template matches, and a listed resource, still read.
+		text, err := read("other://x")
+		require.NoError(t, err)
+		require.Equal(t, "from template {+anything}", text)
+		text, err = read("mem://readme")
+		require.NoError(t, err)
+		require.Equal(t, "hello from downstream", text)
+		require.Equal(t, []dsCall{{"resources/read", map[string]any{"uri": "mem://readme"}}}, downstreamCalls(t, logA, ""))
+		require.Equal(t, []dsCall{{"resources/read", map[string]any{"uri": "other://x"}}}, downstreamCalls(t, logB, ""))
+	})
+
 	t.Run("streamable HTTP downstream and upstream", func(t *testing.T) {
 		url := startHTTPDownstream(t, bin, filepath.Join(t.TempDir(), "log"))
 		e := newGWEnv(t, "NORMAL")

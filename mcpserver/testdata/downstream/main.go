@@ -146,6 +146,13 @@ func newServer() *server.MCPServer {
 			record("resources/read", map[string]any{"uri": req.Params.URI})
 			return []mcp.ResourceContents{mcp.TextResourceContents{URI: req.Params.URI, MIMEType: "text/plain", Text: "hello from downstream"}}, nil
 		})
+	if tpl := os.Getenv("DOWNSTREAM_TEMPLATE"); tpl != "" {
+		s.AddResourceTemplate(mcp.NewResourceTemplate(tpl, "template"),
+			func(_ context.Context, req mcp.ReadResourceRequest) ([]mcp.ResourceContents, error) {
+				record("resources/read", map[string]any{"uri": req.Params.URI})
+				return []mcp.ResourceContents{mcp.TextResourceContents{URI: req.Params.URI, Text: "from template " + tpl}}, nil
+			})
+	}
 	s.AddPrompt(mcp.NewPrompt("greet", mcp.WithPromptDescription("Greet someone."), mcp.WithArgument("name", mcp.RequiredArgument())),
 		func(_ context.Context, req mcp.GetPromptRequest) (*mcp.GetPromptResult, error) {
 			args := map[string]any{}
