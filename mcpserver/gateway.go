@@ -103,7 +103,7 @@ type Gateway struct {
 	seq     atomic.Uint64 // request ids and progress tokens
 
 	pubMu     sync.Mutex
-	published [4]string // fingerprints of the lists last set on mcp
+	published [4]string                       // fingerprints of the lists last set on mcp
 	templates atomic.Pointer[[]templateOwner] // the published templates, by server
 
 	progress sync.Map // gateway progress token → progressRoute
