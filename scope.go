@@ -234,21 +234,32 @@ func containsNumber(l []any) bool {
 }
 
 // CheckNarrowing refuses limits (an approver's scopeModifications) that
-// give a key of base a value of another JSON type: NarrowScope would take
-// the limit's value, and a max_ turned into a string would no longer limit
-// anything.
+// NarrowScope would not apply as a narrowing of base: a value of another
+// JSON type (a max_ turned into a string would no longer limit anything),
+// or a changed string. NarrowScope clamps numbers, intersects lists, ANDs
+// booleans and narrows objects key by key, so any such limit can only
+// narrow; a string it simply replaces, and a new address or pattern
+// (to_pattern ".*") can widen as easily as narrow. A key base lacks, or
+// holds null for, is a new constraint and is allowed.
 func CheckNarrowing(field string, base, limits map[string]any) error {
 	for k, lim := range limits {
 		cur, ok := base[k]
 		if !ok || cur == nil {
 			continue
 		}
+		path := field + "." + k
 		if jsonKind(cur) != jsonKind(lim) {
-			return ValidationError(field+"."+k, fmt.Sprintf("must be a %s, like the scope it narrows", jsonKind(cur)))
+			return ValidationError(path, fmt.Sprintf("must be a %s, like the scope it narrows", jsonKind(cur)))
 		}
-		if cm, ok := cur.(map[string]any); ok {
-			if err := CheckNarrowing(field+"."+k, cm, lim.(map[string]any)); err != nil {
+		switch c := cur.(type) {
+		case map[string]any:
+			if err := CheckNarrowing(path, c, lim.(map[string]any)); err != nil {
 				return err
+			}
+		case string:
+			if lim.(string) != c {
+				return ValidationError(path, "cannot be changed: replacing a text value (an address, a pattern) could widen it; "+
+					"an approval can lower numbers, remove list entries, turn true to false and add keys")
 			}
 		}
 	}

@@ -154,14 +154,18 @@ func TestMalformedLimitsRefuse(t *testing.T) {
 }
 
 func TestCheckNarrowing(t *testing.T) {
-	base := map[string]any{"max_amount": 10.0, "allowed": []any{"a"}, "o": map[string]any{"n": 1.0}, "s": "x"}
+	base := map[string]any{"max_amount": 10.0, "allowed": []any{"a"}, "o": map[string]any{"n": 1.0, "p": "^a$"}, "s": "x",
+		"to_pattern": `^alice@corp\.example$`, "none": nil}
 	for _, bad := range []map[string]any{
 		{"max_amount": "5"}, {"allowed": "b"}, {"o": map[string]any{"n": "1"}}, {"s": 1.0}, {"o": []any{}},
+		// A replaced string could widen: threat B15.
+		{"to_pattern": ".*"}, {"s": "y"}, {"o": map[string]any{"p": ".*"}},
 	} {
 		require.ErrorIs(t, agentotp.CheckNarrowing("scopeModifications", base, bad), agentotp.ErrValidation, "%v", bad)
 	}
 	require.NoError(t, agentotp.CheckNarrowing("scopeModifications", base,
-		map[string]any{"max_amount": 5.0, "allowed": []any{}, "o": map[string]any{"n": 0.0}, "new": "key"}))
+		map[string]any{"max_amount": 5.0, "allowed": []any{}, "o": map[string]any{"n": 0.0, "p": "^a$"}, "new": "key",
+			"s": "x", "none": "a new constraint"}))
 }
 
 // A refused use spends nothing and says so: usesRemaining is the true

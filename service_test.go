@@ -659,16 +659,26 @@ func TestQuorumKeepsEveryNarrowing(t *testing.T) {
 	a := f.agent("a")
 	alice, bob := f.approver("alice"), f.approver("bob")
 	perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "pay",
-		Scope: map[string]any{"max_amount": 1000.0}})
+		Scope: map[string]any{"max_amount": 1000.0, "to_pattern": `^alice@corp\.example$`}})
 	require.NoError(t, err)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": "10"}})
 	require.ErrorIs(t, err, agentotp.ErrValidation, "a modification of another type is refused")
+	// A vote cannot retarget a text limit for the next approver to carry
+	// (threat B15): NarrowScope would take the new pattern as it is.
+	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"to_pattern": ".*"}})
+	require.ErrorIs(t, err, agentotp.ErrValidation)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": 10.0}})
 	require.NoError(t, err)
 	got, err := f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
 	require.NoError(t, err)
 	require.Equal(t, agentotp.StatusApproved, got.Status)
 	require.Equal(t, 10.0, got.GrantedScope["max_amount"], "the first approver's narrowing survives the second vote")
+	require.Equal(t, `^alice@corp\.example$`, got.GrantedScope["to_pattern"])
+	_, tok, err := f.svc.GetPermission(f.ctx, a, perm.ID, 0)
+	require.NoError(t, err)
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), map[string]any{"to": "attacker@evil.example", "amount": 5.0})
+	require.NoError(t, err)
+	require.False(t, res.Success, "the pattern still holds")
 }
 
 func TestUseWhenWithoutCheckerRefuses(t *testing.T) {
