@@ -158,7 +158,7 @@ func TestCheckNarrowing(t *testing.T) {
 		"to_pattern": `^alice@corp\.example$`, "none": nil}
 	for _, bad := range []map[string]any{
 		{"max_amount": "5"}, {"allowed": "b"}, {"o": map[string]any{"n": "1"}}, {"s": 1.0}, {"o": []any{}},
-		// A replaced string could widen: threat B15.
+		// A replaced string could widen the limit.
 		{"to_pattern": ".*"}, {"s": "y"}, {"o": map[string]any{"p": ".*"}},
 	} {
 		require.ErrorIs(t, agentotp.CheckNarrowing("scopeModifications", base, bad), agentotp.ErrValidation, "%v", bad)

@@ -663,8 +663,8 @@ func TestQuorumKeepsEveryNarrowing(t *testing.T) {
 	require.NoError(t, err)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": "10"}})
 	require.ErrorIs(t, err, agentotp.ErrValidation, "a modification of another type is refused")
-	// A vote cannot retarget a text limit for the next approver to carry
-	// (threat B15): NarrowScope would take the new pattern as it is.
+	// A vote cannot retarget a text limit for the next approver to carry:
+	// NarrowScope would take the new pattern as it is.
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"to_pattern": ".*"}})
 	require.ErrorIs(t, err, agentotp.ErrValidation)
 	_, err = f.svc.Decide(f.ctx, alice, perm.ID, agentotp.DecideInput{Approved: true, ScopeModifications: map[string]any{"max_amount": 10.0}})
