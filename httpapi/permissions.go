@@ -139,12 +139,19 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 	}
 	defer release()
 	id := agentotp.PermissionID(r.PathValue("id"))
-	// Events and keep-alive comments share the writer.
+	// Events and keep-alive comments share the writer. The keep-alive
+	// goroutine has ended before the handler returns: a write after that
+	// would reach a response net/http has finished (and recycled), and a
+	// panic there, outside the handler, would take the server down.
 	var mu sync.Mutex
 	started := false
 	stop := make(chan struct{})
-	defer close(stop)
-	go func() {
+	var beats sync.WaitGroup
+	defer func() {
+		close(stop)
+		beats.Wait()
+	}()
+	beats.Go(func() {
 		t := time.NewTicker(s.heartbeat)
 		defer t.Stop()
 		for {
@@ -161,7 +168,7 @@ func (s *Server) permissionEvents(w http.ResponseWriter, r *http.Request, p agen
 				mu.Unlock()
 			}
 		}
-	}()
+	})
 	err := s.svc.Watch(r.Context(), p, id, func(perm *agentotp.Permission, token agentotp.Secret) error {
 		mu.Lock()
 		defer mu.Unlock()

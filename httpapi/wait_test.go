@@ -250,6 +250,29 @@ func TestEventsHeartbeat(t *testing.T) {
 	t.Fatal("no keep-alive comment on an idle stream")
 }
 
+// TestEventsHeartbeatOutlivesNoStream: clients that leave event streams
+// around a keep-alive tick never get a keep-alive written into a finished
+// response (which panicked outside any handler and killed the server).
+func TestEventsHeartbeatOutlivesNoStream(t *testing.T) {
+	defer httpapi.SetSSEHeartbeat(time.Millisecond)()
+	e := newTestServer(t)
+	agent := e.createAgent("restless")
+	p := e.pending(agent.Key, "deploy.prod")
+	var wg sync.WaitGroup
+	for g := range 16 {
+		wg.Go(func() {
+			for i := range 100 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration(2+(i*7+g)%10)*time.Millisecond)
+				_, _ = e.try(ctx, "GET", "/api/v1/permissions/"+p.ID+"/events", agent.Key, nil)
+				cancel()
+			}
+		})
+	}
+	wg.Wait()
+	got := e.do("GET", "/api/v1/permissions/"+p.ID, agent.Key, nil)
+	require.Equal(t, http.StatusOK, got.Status, "the server is still up")
+}
+
 // TestWaiterCap: one key cannot hold more than MaxWaiters long-polls open.
 func TestWaiterCap(t *testing.T) {
 	e := newTestServer(t)
