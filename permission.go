@@ -265,6 +265,12 @@ func (r *PermissionRequest) ValidateWithin(maxObjectBytes int) error {
 		if err != nil {
 			return err
 		}
+		// The policy judges tool.args; the grant and every use are held to
+		// the scope. They must be one thing, or a call approved for one
+		// set of arguments could be spent on another.
+		if ArgsHash(r.Scope) != t.ArgsHash {
+			return ValidationError("scope", "must be exactly the tool call's arguments (tool.args)")
+		}
 		r.Tool = t
 	}
 	return nil

@@ -205,6 +205,9 @@ func TestToolCallValidation(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			tool := tc.tool
 			req := agentotp.PermissionRequest{Action: "mcp.call", Tool: &tool}
+			if tc.field == "" {
+				req.Scope = tool.Args // a tool call's scope is its arguments
+			}
 			err := req.Validate()
 			if tc.field == "" {
 				require.NoError(t, err)
@@ -224,7 +227,7 @@ func TestToolCallValidation(t *testing.T) {
 	t.Run("fills the hash and defaults on a copy", func(t *testing.T) {
 		args := map[string]any{"path": "/x", "n": 2.0}
 		in := &agentotp.ToolCall{Server: "fs", Name: "read_file", Args: args, ArgsHash: "from the caller"}
-		req := agentotp.PermissionRequest{Action: "mcp.call", Tool: in}
+		req := agentotp.PermissionRequest{Action: "mcp.call", Scope: args, Tool: in}
 		require.NoError(t, req.Validate())
 		require.Equal(t, agentotp.ArgsHash(args), req.Tool.ArgsHash, "the hash is computed, never taken")
 		require.Equal(t, map[string]any{}, req.Tool.Annotations)
@@ -235,6 +238,19 @@ func TestToolCallValidation(t *testing.T) {
 		require.NoError(t, req.Validate())
 		require.Equal(t, map[string]any{}, req.Tool.Args)
 		require.Equal(t, agentotp.ArgsHash(nil), req.Tool.ArgsHash)
+	})
+
+	// The policy judges the arguments and every use is held to the scope:
+	// a call approved for one set of arguments must not be spent on
+	// another.
+	t.Run("the scope must be the arguments", func(t *testing.T) {
+		req := agentotp.PermissionRequest{Action: "mcp.call", Scope: map[string]any{"path": "/etc/shadow"},
+			Tool: &agentotp.ToolCall{Name: "read_file", Args: map[string]any{"path": "/srv/public/readme"}}}
+		err := req.Validate()
+		require.ErrorIs(t, err, agentotp.ErrValidation)
+		require.ErrorContains(t, err, "tool.args")
+		req = agentotp.PermissionRequest{Action: "mcp.call", Tool: &agentotp.ToolCall{Name: "read_file", Args: map[string]any{"path": "/x"}}}
+		require.ErrorIs(t, req.Validate(), agentotp.ErrValidation, "no scope is not the arguments either")
 	})
 }
 
@@ -299,18 +315,13 @@ func TestPermissionRemembersToolCall(t *testing.T) {
 			Args: args, ArgsHash: want.ArgsHash}, in.Tool)
 	})
 
-	t.Run("arguments other than the scope are not shown at use", func(t *testing.T) {
+	t.Run("arguments other than the scope are refused, not asked", func(t *testing.T) {
 		req := gatewayRequest("", args)
 		req.Scope = map[string]any{"path": "/srv/share/a.txt"}
-		perm, tok, err := f.svc.RequestPermission(f.ctx, a, req)
-		require.NoError(t, err)
-		res, err := f.svc.Use(f.ctx, a, perm.ID, tok.Reveal(), perm.GrantedScope) // a tool call spends with its exact arguments
-		require.NoError(t, err)
-		require.True(t, res.Success, res.Reason)
-		in := last()
-		require.NotNil(t, in.Tool)
-		require.Equal(t, "write_file", in.Tool.Name)
-		require.Nil(t, in.Tool.Args)
+		before := len(seen)
+		_, _, err := f.svc.RequestPermission(f.ctx, a, req)
+		require.ErrorIs(t, err, agentotp.ErrValidation)
+		require.Len(t, seen, before, "the policy never saw it")
 	})
 
 	t.Run("no tool call, no tool at use", func(t *testing.T) {
@@ -342,7 +353,10 @@ func TestIdempotentReplayComparesTool(t *testing.T) {
 		"another tool name":   func(r *agentotp.PermissionRequest) { r.Tool.Name = "read_file" },
 		"another server":      func(r *agentotp.PermissionRequest) { r.Tool.Server = "fs2" },
 		"other annotations":   func(r *agentotp.PermissionRequest) { r.Tool.Annotations = map[string]any{"destructiveHint": false} },
-		"other arguments":     func(r *agentotp.PermissionRequest) { r.Tool.Args = map[string]any{"path": "/etc/passwd", "n": 1.0} },
+		"other arguments": func(r *agentotp.PermissionRequest) {
+			r.Scope = map[string]any{"path": "/etc/passwd", "n": 1.0}
+			r.Tool.Args = r.Scope
+		},
 		"no tool call at all": func(r *agentotp.PermissionRequest) { r.Tool = nil },
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -430,11 +444,6 @@ func TestPolicyUpdateStopsToolTokens(t *testing.T) {
 		reload("")
 		etc, etcTok := grant(gatewayRequest("", map[string]any{"path": "/etc/passwd"}))
 		srv, srvTok := grant(gatewayRequest("", map[string]any{"path": "/srv/a"}))
-		// The agent's scope is not the call's arguments: the policy
-		// cannot see them again at use.
-		odd := gatewayRequest("", map[string]any{"path": "/srv/b"})
-		odd.Scope = map[string]any{"path": "/srv/b", "extra": true}
-		oddPerm, oddTok := grant(odd)
 
 		reload(`
 - name: nothing under /etc
@@ -447,9 +456,6 @@ func TestPolicyUpdateStopsToolTokens(t *testing.T) {
 		require.False(t, res.Success)
 		require.Contains(t, res.Reason, "refused by policy")
 		require.True(t, use(srv, srvTok).Success, "arguments the rule does not match pass")
-		res = use(oddPerm, oddTok)
-		require.False(t, res.Success, "a rule reading args it cannot see fails closed")
-		require.Equal(t, "refused by policy: evaluation failed", res.Reason)
 	})
 }
 

@@ -94,7 +94,19 @@ func TestToolCallOnTheWire(t *testing.T) {
 		e.do("POST", "/api/v1/permissions/request", a.Key, other).fail(t, http.StatusConflict, "CONFLICT")
 		other["tool"] = map[string]any{"server": "fs", "name": "write_file", "annotations": map[string]any{"destructiveHint": true},
 			"args": map[string]any{"path": "/etc/passwd"}}
+		other["scope"] = map[string]any{"path": "/etc/passwd"}
 		e.do("POST", "/api/v1/permissions/request", a.Key, other).fail(t, http.StatusConflict, "CONFLICT")
+	})
+
+	// The policy judges tool.args and every use is held to the scope: a
+	// request whose two differ could be approved for one and spent on the
+	// other.
+	t.Run("refused: a scope other than the arguments", func(t *testing.T) {
+		body := map[string]any{"action": "auto.x", "scope": map[string]any{"path": "/etc/shadow"},
+			"tool": map[string]any{"name": "read_file", "args": map[string]any{"path": "/srv/public/readme"}},
+			"use":  map[string]any{"actionDetails": map[string]any{"path": "/etc/shadow"}}}
+		er := e.do("POST", "/api/v1/permissions/request", a.Key, body).fail(t, http.StatusBadRequest, "VALIDATION_ERROR")
+		require.True(t, strings.HasPrefix(er.Message, "scope"), er.Message)
 	})
 
 	refused := []struct {
