@@ -350,9 +350,9 @@ func TestIdempotentReplayComparesTool(t *testing.T) {
 	require.Equal(t, first.ID, p.ID)
 
 	for name, mod := range map[string]func(r *agentotp.PermissionRequest){
-		"another tool name":   func(r *agentotp.PermissionRequest) { r.Tool.Name = "read_file" },
-		"another server":      func(r *agentotp.PermissionRequest) { r.Tool.Server = "fs2" },
-		"other annotations":   func(r *agentotp.PermissionRequest) { r.Tool.Annotations = map[string]any{"destructiveHint": false} },
+		"another tool name": func(r *agentotp.PermissionRequest) { r.Tool.Name = "read_file" },
+		"another server":    func(r *agentotp.PermissionRequest) { r.Tool.Server = "fs2" },
+		"other annotations": func(r *agentotp.PermissionRequest) { r.Tool.Annotations = map[string]any{"destructiveHint": false} },
 		"other arguments": func(r *agentotp.PermissionRequest) {
 			r.Scope = map[string]any{"path": "/etc/passwd", "n": 1.0}
 			r.Tool.Args = r.Scope
