@@ -141,9 +141,13 @@ func equalValue(a, b any) bool {
 //     list) must be in it;
 //   - "blocked_<x>": a list; details "<x>" must not be in it.
 //
+// An object in the scope is checked against details' object of the same
+// key by these same rules, and must be there when it holds any rule.
+//
 // Checks fail closed: a use that leaves out a constrained subject (details
-// without "<x>" under a max_<x>, <x>_pattern, allowed_<x> or blocked_<x>),
-// gives it the wrong type, or a negative count, is refused — keys match
+// without "<x>" under a max_<x>, <x>_pattern, allowed_<x> or blocked_<x>,
+// or without an object that holds such a rule), gives it the wrong type,
+// or a negative count, is refused — keys match
 // exactly, so "N" does not stand for "n". A rule key whose granted value has
 // the wrong type (a max_ that is not a number, a pattern that does not
 // compile, …) refuses every use: a malformed limit never lifts the limit.
@@ -158,8 +162,14 @@ func CheckDetails(scope, details map[string]any) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		sv := scope[k]
-		if dv, present := details[k]; present && !narrowerOrEqual(sv, dv) {
+		dv, present := details[k]
+		if present && !narrowerOrEqual(sv, dv) {
 			return scopeViolation(k, "is wider than the granted scope")
+		}
+		if m, ok := sv.(map[string]any); ok && !present && holdsRule(m) {
+			// The object's rules check details.<k>'s fields: leaving the
+			// object out must not leave them unchecked.
+			return scopeViolation(k, fmt.Sprintf("is required: the granted %s holds limits on it", k))
 		}
 		switch {
 		case strings.HasPrefix(k, "max_"):
@@ -222,6 +232,21 @@ func CheckDetails(scope, details map[string]any) error {
 		}
 	}
 	return nil
+}
+
+// holdsRule reports whether an object of the scope has a rule key
+// (max_, _pattern, allowed_, blocked_) at any depth.
+func holdsRule(m map[string]any) bool {
+	for k, v := range m {
+		if strings.HasPrefix(k, "max_") || strings.HasSuffix(k, "_pattern") ||
+			strings.HasPrefix(k, "allowed_") || strings.HasPrefix(k, "blocked_") {
+			return true
+		}
+		if sub, ok := v.(map[string]any); ok && holdsRule(sub) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsNumber(l []any) bool {

@@ -82,6 +82,16 @@ func TestCheckDetails(t *testing.T) {
 		{"allowed subject missing", domains, map[string]any{}, "domains"},
 		{"blocked subject missing", paths, map[string]any{}, "paths"},
 		{"pattern needs a string", subject, map[string]any{"subject": 7.0}, "subject"},
+		// An object's rules hold too: the object cannot be left out.
+		{"nested limit within", map[string]any{"limits": map[string]any{"max_amount": 100.0}},
+			map[string]any{"limits": map[string]any{"amount": 50.0}}, ""},
+		{"nested limit exceeded", map[string]any{"limits": map[string]any{"max_amount": 100.0}},
+			map[string]any{"limits": map[string]any{"amount": 1e9}}, "limits"},
+		{"object holding a limit left out", map[string]any{"limits": map[string]any{"max_amount": 100.0}},
+			map[string]any{"amount": 1e9}, "limits"},
+		{"object holding a deeper limit left out", map[string]any{"a": map[string]any{"b": map[string]any{"to_pattern": "@corp$"}}},
+			map[string]any{}, "a"},
+		{"object holding no limit may be left out", map[string]any{"meta": map[string]any{"note": "x"}}, map[string]any{}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
