@@ -2,6 +2,8 @@ package agentotp
 
 import (
 	"context"
+	"slices"
+	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -37,4 +39,45 @@ type budgetProbe struct {
 func (b *budgetProbe) CountPermissions(ctx context.Context, agent AgentID, pattern string, since time.Time, statuses []Status) (int, error) {
 	b.asked.Store(true)
 	return b.PermissionCounter.CountPermissions(ctx, agent, pattern, since, statuses)
+}
+
+// notCounting counts as its counter does, less perm wherever the count
+// includes it (same agent, action matching, created in the window, status
+// counted).
+type notCounting struct {
+	PermissionCounter
+	perm *Permission
+}
+
+func (c notCounting) CountPermissions(ctx context.Context, agent AgentID, pattern string, since time.Time, statuses []Status) (int, error) {
+	n, err := c.PermissionCounter.CountPermissions(ctx, agent, pattern, since, statuses)
+	p := c.perm
+	if err == nil && n > 0 && p.AgentID == agent && starMatch(pattern, p.Action) &&
+		(since.IsZero() || !p.CreatedAt.Before(since)) && (len(statuses) == 0 || slices.Contains(statuses, p.Status)) {
+		n--
+	}
+	return n, err
+}
+
+// starMatch reports whether s matches pattern, where '*' stands for any
+// run of characters and every other character for itself: the action
+// patterns stores count by.
+func starMatch(pattern, s string) bool {
+	parts := strings.Split(pattern, "*")
+	if len(parts) == 1 {
+		return pattern == s
+	}
+	if !strings.HasPrefix(s, parts[0]) {
+		return false
+	}
+	s = s[len(parts[0]):]
+	last := parts[len(parts)-1]
+	for _, part := range parts[1 : len(parts)-1] {
+		i := strings.Index(s, part)
+		if i < 0 {
+			return false
+		}
+		s = s[i+len(part):]
+	}
+	return len(s) >= len(last) && strings.HasSuffix(s, last)
 }

@@ -46,19 +46,40 @@ func TestBudgetHoldsUnderConcurrency(t *testing.T) {
 
 	var mu sync.Mutex
 	statuses := map[agentotp.Status]int{}
+	type grant struct {
+		perm  *agentotp.Permission
+		token agentotp.Secret
+	}
+	var grants []grant
 	var wg sync.WaitGroup
 	start := make(chan struct{})
 	for i := range 100 {
 		wg.Go(func() {
 			<-start
-			perm, _, err := svcs[i%2].RequestPermission(ctx, p, agentotp.PermissionRequest{Action: "pay.invoice"})
+			perm, tok, err := svcs[i%2].RequestPermission(ctx, p, agentotp.PermissionRequest{Action: "pay.invoice"})
 			require.NoError(t, err)
 			mu.Lock()
 			statuses[perm.Status]++
+			if tok != "" {
+				grants = append(grants, grant{perm, tok})
+			}
 			mu.Unlock()
 		})
 	}
 	close(start)
 	wg.Wait()
 	require.Equal(t, map[agentotp.Status]int{agentotp.StatusApproved: 5, agentotp.StatusDenied: 95}, statuses)
+
+	// The policy is asked again at each use. The five grants count
+	// against the budget now, but none counts against itself: each is
+	// within the budget that allowed it, and is spent.
+	require.Len(t, grants, 5)
+	for i, g := range grants {
+		wg.Go(func() {
+			res, err := svcs[i%2].Use(ctx, p, g.perm.ID, g.token.Reveal(), nil)
+			require.NoError(t, err)
+			require.True(t, res.Success, res.Reason)
+		})
+	}
+	wg.Wait()
 }

@@ -181,6 +181,10 @@ func checkUse(perm *Permission, details map[string]any) string {
 // call's permission shows the policy the same tool again, with the
 // arguments when they are the scope (see useTool).
 func (s *Service) recheck(ctx context.Context, p Principal, perm *Permission, now time.Time) string {
+	// Budgets count committed permissions, and the one being spent is
+	// one of them now: counted, it would hold its own grant against the
+	// budget that allowed it.
+	ctx = WithCounter(ctx, notCounting{PermissionCounter: s.store, perm: perm})
 	d, err := s.eval.Evaluate(ctx, EvalInput{Agent: p.Agent, Action: perm.Action, Resource: perm.Resource,
 		Scope: perm.Scope, Context: perm.Context, Now: now, Tool: useTool(perm)})
 	switch {
