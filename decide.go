@@ -139,9 +139,25 @@ func (s *Service) vote(ctx context.Context, tx Tx, p Principal, cur *Permission,
 	}
 	n := 0
 	for _, v := range votes {
-		if v.Approved {
-			n++
+		if !v.Approved {
+			continue
 		}
+		// Rights count at decision time: the vote of someone disabled,
+		// deleted or no longer an approver the rule names since they
+		// voted does not make up the quorum.
+		if v.UserID != p.User.ID {
+			u, err := tx.User(ctx, v.UserID)
+			if errors.Is(err, ErrNotFound) {
+				continue
+			}
+			if err != nil {
+				return false, err
+			}
+			if !u.Active || !u.Role.CanDecide() || s.mayApprove(Principal{User: u}, cur) != nil {
+				continue
+			}
+		}
+		n++
 	}
 	if n >= cur.Decision.Quorum {
 		return true, nil

@@ -351,6 +351,50 @@ func TestQuorumCountsDistinctApprovers(t *testing.T) {
 	require.Equal(t, agentotp.StatusApproved, got.Status)
 }
 
+// A vote counts toward a quorum only while its approver still may
+// decide: disabled, deleted or demoted since, it does not make it up.
+func TestQuorumCountsOnlyCurrentApprovers(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		revoke func(f *fixture, id agentotp.UserID)
+	}{
+		{"disabled", func(f *fixture, id agentotp.UserID) {
+			off := false
+			_, err := f.svc.UpdateUser(f.ctx, f.admin, id, agentotp.UserPatch{Active: &off})
+			require.NoError(f.t, err)
+		}},
+		{"no longer named by the rule", func(f *fixture, id agentotp.UserID) {
+			name := "anna"
+			_, err := f.svc.UpdateUser(f.ctx, f.admin, id, agentotp.UserPatch{Name: &name})
+			require.NoError(f.t, err)
+		}},
+		{"deleted", func(f *fixture, id agentotp.UserID) {
+			require.NoError(f.t, f.svc.DeleteUser(f.ctx, f.admin, id))
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, func(o *agentotp.Options) {
+				o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+					return agentotp.Decision{Effect: agentotp.EffectRequireApproval, Quorum: 2, Approvers: []string{"ann", "bob", "cat"}}, nil
+				})
+			})
+			a := f.agent("a")
+			ann, bob, cat := f.approver("ann"), f.approver("bob"), f.approver("cat")
+			perm, _, err := f.svc.RequestPermission(f.ctx, a, agentotp.PermissionRequest{Action: "x"})
+			require.NoError(t, err)
+			_, err = f.svc.Decide(f.ctx, ann, perm.ID, agentotp.DecideInput{Approved: true})
+			require.NoError(t, err)
+			tc.revoke(f, ann.User.ID)
+			got, err := f.svc.Decide(f.ctx, bob, perm.ID, agentotp.DecideInput{Approved: true})
+			require.NoError(t, err)
+			require.Equal(t, agentotp.StatusPending, got.Status, "ann's vote no longer counts")
+			got, err = f.svc.Decide(f.ctx, cat, perm.ID, agentotp.DecideInput{Approved: true})
+			require.NoError(t, err)
+			require.Equal(t, agentotp.StatusApproved, got.Status)
+		})
+	}
+}
+
 func TestApproverListIsEnforced(t *testing.T) {
 	f := newFixture(t, func(o *agentotp.Options) {
 		o.Evaluator = agentotp.EvaluatorFunc(func(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
