@@ -60,6 +60,9 @@ func TestBadInput(t *testing.T) {
 		{"ttl 0", reqPath, agent.Key, `{"action":"auto.x","ttl":0}`, 400, "VALIDATION_ERROR", "ttl"},
 		{"ttl negative", reqPath, agent.Key, `{"action":"auto.x","ttl":-5}`, 400, "VALIDATION_ERROR", "ttl"},
 		{"ttl overflow", reqPath, agent.Key, `{"action":"auto.x","ttl":99999999999999999999}`, 400, "VALIDATION_ERROR", "ttl"},
+		// Seconds that wrap around to 300 once made a time.Duration.
+		{"ttl wrapping into range", reqPath, agent.Key, `{"action":"auto.x","ttl":36028797018964268}`, 400, "VALIDATION_ERROR", "ttl"},
+		{"approvalTtl wrapping into range", reqPath, agent.Key, `{"action":"x","approvalTtl":36028797018963998}`, 400, "VALIDATION_ERROR", "approvalTtl"},
 		{"approvalTtl 29", reqPath, agent.Key, `{"action":"x","approvalTtl":29}`, 400, "VALIDATION_ERROR", "approvalTtl"},
 		{"approvalTtl over 24h", reqPath, agent.Key, `{"action":"x","approvalTtl":86401}`, 400, "VALIDATION_ERROR", "approvalTtl"},
 		{"approvalTtl as string", reqPath, agent.Key, `{"action":"x","approvalTtl":"60"}`, 400, "VALIDATION_ERROR", "approvalTtl"},

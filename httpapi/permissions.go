@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -19,12 +20,19 @@ const MaxWait = 60 * time.Second
 // sseHeartbeat spaces keep-alive comments on idle event streams.
 var sseHeartbeat = 15 * time.Second
 
+// maxSeconds is the most seconds a time.Duration holds.
+const maxSeconds = int(math.MaxInt64 / int64(time.Second))
+
 func seconds(field string, v *int) (time.Duration, error) {
 	if v == nil {
 		return 0, nil
 	}
 	if *v <= 0 {
 		return 0, agentotp.ValidationError(field, "must be a positive number of seconds")
+	}
+	if *v > maxSeconds {
+		// Multiplied out, it would wrap around into the allowed range.
+		return 0, agentotp.ValidationError(field, "is too large")
 	}
 	return time.Duration(*v) * time.Second, nil
 }
