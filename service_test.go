@@ -118,6 +118,42 @@ func (f *fixture) events(id agentotp.PermissionID) []agentotp.EventType {
 	return out
 }
 
+// A refused use keeps small details in the audit trail, and only the
+// SHA-256 and size of large ones: refusals cost the agent nothing, and
+// must not let it grow the trail by 64 KiB a request.
+func TestRejectedUseAuditIsBounded(t *testing.T) {
+	f := newFixture(t)
+	f.eff.Store(int32(agentotp.EffectAutoApprove))
+	a := f.agent("a")
+	perm, tok := f.granted(a, 1)
+	big := map[string]any{"body": strings.Repeat("x", 4000)}
+	small := map[string]any{"to": "bob@example.com"}
+	for _, details := range []map[string]any{small, big} {
+		res, err := f.svc.Use(f.ctx, a, perm.ID, "otp_"+strings.Repeat("A", 32), details)
+		require.NoError(t, err)
+		require.False(t, res.Success)
+	}
+	// Refused in the request's own transaction too.
+	_, _, used, err := f.svc.RequestAndUse(f.ctx, a, agentotp.PermissionRequest{Action: "x", Scope: map[string]any{"max_n": 1.0}},
+		map[string]any{"n": 2.0, "body": strings.Repeat("y", 4000)})
+	require.NoError(t, err)
+	require.False(t, used.Success)
+
+	list, err := f.svc.ListAudit(f.ctx, f.admin, agentotp.AuditFilter{Type: agentotp.EventUseRejected, Ascending: true, Limit: 10})
+	require.NoError(t, err)
+	require.Len(t, list, 3)
+	require.Equal(t, small, list[0].Details["actionDetails"])
+	for _, e := range list[1:] {
+		require.NotContains(t, e.Details, "actionDetails")
+		require.Len(t, e.Details["actionDetailsSha256"], 64)
+		require.Greater(t, e.Details["actionDetailsBytes"], 4000.0)
+	}
+	require.Equal(t, agentotp.ArgsHash(big), list[1].Details["actionDetailsSha256"])
+	res, err := f.svc.Use(f.ctx, a, perm.ID, tok, nil)
+	require.NoError(t, err)
+	require.True(t, res.Success, "a refusal spends nothing: %s", res.Reason)
+}
+
 func TestTokenBinding(t *testing.T) {
 	f := newFixture(t)
 	a, b := f.agent("a"), f.agent("b")

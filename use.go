@@ -129,9 +129,7 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 			left = usable(cur, now)
 		}
 		res = UseResult{Reason: reason, UsesRemaining: left}
-		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
-			"reason": reason, "actionDetails": details,
-		}), perm))
+		return tx.AppendAudit(ctx, permEvent(s.event(ctx, p, EventUseRejected, now, rejectedUse(reason, details)), perm))
 	})
 	if err != nil {
 		return UseResult{}, err
@@ -371,9 +369,7 @@ func (s *Service) spendFirst(ctx context.Context, p Principal, perm *Permission,
 		reason = ReasonTokenExpired
 	}
 	if reason != "" {
-		return perm, &UseResult{Reason: reason, UsesRemaining: left}, permEvent(s.event(ctx, p, EventUseRejected, now, map[string]any{
-			"reason": reason, "actionDetails": details,
-		}), perm)
+		return perm, &UseResult{Reason: reason, UsesRemaining: left}, permEvent(s.event(ctx, p, EventUseRejected, now, rejectedUse(reason, details)), perm)
 	}
 	spent := *perm
 	spent.UsesRemaining, spent.UpdatedAt = left-1, now
@@ -383,6 +379,31 @@ func (s *Service) spendFirst(ctx context.Context, p Principal, perm *Permission,
 	return &spent, &UseResult{Success: true, UsesRemaining: spent.UsesRemaining}, permEvent(s.event(ctx, p, EventUse, now, map[string]any{
 		"actionDetails": details, "usesRemaining": spent.UsesRemaining,
 	}), perm)
+}
+
+// maxRejectedDetails bounds the actionDetails a refused use keeps in the
+// audit trail as they were sent.
+const maxRejectedDetails = 1 << 10
+
+// rejectedUse is the audit record of a refused use: the reason, and the
+// details when they are small, or else their SHA-256 and size. A refused
+// use needs no grant and spends nothing, so an agent can send one after
+// another at its rate limit, each up to 64 KiB; the trail is never pruned
+// and no quota counts it, so it must not grow by what the agent chooses to
+// send. A use that succeeds keeps its details whole: it is bounded by its
+// grant's uses, and what was done must be on record.
+func rejectedUse(reason string, details map[string]any) map[string]any {
+	d := map[string]any{"reason": reason}
+	b, err := canonicalJSON(details)
+	if err != nil { // not reached: details were validated as JSON
+		return d
+	}
+	if len(b) <= maxRejectedDetails {
+		d["actionDetails"] = details
+		return d
+	}
+	d["actionDetailsSha256"], d["actionDetailsBytes"] = hashHex(b), len(b)
+	return d
 }
 
 // useWhen applies the policy's use condition, if the decision has one, and
