@@ -129,10 +129,11 @@ func equalValue(a, b any) bool {
 // scope is a limit the server holds, not advice to the agent.
 // For every key of the scope:
 //
-//   - the same key in details may only be narrower: a number no larger, a
-//     list a subset, a bool not true where the scope says false, anything
-//     else equal (so echoing a requested scope back is checked against what
-//     was granted, e.g. details max_emails 50 against a granted 1);
+//   - a value of its own (any key but the rules below; null excepted) must
+//     be in details under the same key, and may only be narrower there: a
+//     number no larger, a list a subset, a bool not true where the scope
+//     says false, an object checked by these same rules, anything else
+//     equal;
 //   - "max_<x>": a number; details "<x>" (a number, or a list of non-numbers
 //     counted by its length) must not exceed it;
 //   - "<x>_pattern": a regular expression; details "<x>" must match it
@@ -141,18 +142,18 @@ func equalValue(a, b any) bool {
 //     list) must be in it;
 //   - "blocked_<x>": a list; details "<x>" must not be in it.
 //
-// An object in the scope is checked against details' object of the same
-// key by these same rules, and must be there when it holds any rule.
+// A rule key sent back in details is checked as a value (echoing a
+// requested scope is held to what was granted: details max_emails 50
+// against a granted 1 is refused), but need not be sent.
 //
-// Checks fail closed: a use that leaves out a constrained subject (details
-// without "<x>" under a max_<x>, <x>_pattern, allowed_<x> or blocked_<x>,
-// or without an object that holds such a rule), gives it the wrong type,
-// or a negative count, is refused — keys match
-// exactly, so "N" does not stand for "n". A rule key whose granted value has
-// the wrong type (a max_ that is not a number, a pattern that does not
-// compile, …) refuses every use: a malformed limit never lifts the limit.
-// Details keys the scope does not mention are allowed; a policy's useWhen
-// can forbid them.
+// Checks fail closed: a use that leaves out what the scope fixes (a value
+// of its own, or the subject "<x>" of a max_<x>, <x>_pattern, allowed_<x>
+// or blocked_<x>), gives it the wrong type, or a negative count, is
+// refused — keys match exactly, so "N" does not stand for "n". A rule key
+// whose granted value has the wrong type (a max_ that is not a number, a
+// pattern that does not compile, …) refuses every use: a malformed limit
+// never lifts the limit. Details keys the scope does not mention are
+// allowed; a policy's useWhen can forbid them.
 // It returns a VALIDATION_ERROR naming the first offending key.
 func CheckDetails(scope, details map[string]any) error {
 	keys := make([]string, 0, len(scope))
@@ -166,10 +167,11 @@ func CheckDetails(scope, details map[string]any) error {
 		if present && !narrowerOrEqual(sv, dv) {
 			return scopeViolation(k, "is wider than the granted scope")
 		}
-		if m, ok := sv.(map[string]any); ok && !present && holdsRule(m) {
-			// The object's rules check details.<k>'s fields: leaving the
-			// object out must not leave them unchecked.
-			return scopeViolation(k, fmt.Sprintf("is required: the granted %s holds limits on it", k))
+		if !present && sv != nil && !isRule(k) {
+			// A value the grant fixes (a recipient, a path, an object
+			// holding limits) holds the use only if the use says it:
+			// leaving it out must not leave it unchecked.
+			return scopeViolation(k, "is required: the granted scope sets it")
 		}
 		switch {
 		case strings.HasPrefix(k, "max_"):
@@ -234,19 +236,12 @@ func CheckDetails(scope, details map[string]any) error {
 	return nil
 }
 
-// holdsRule reports whether an object of the scope has a rule key
-// (max_, _pattern, allowed_, blocked_) at any depth.
-func holdsRule(m map[string]any) bool {
-	for k, v := range m {
-		if strings.HasPrefix(k, "max_") || strings.HasSuffix(k, "_pattern") ||
-			strings.HasPrefix(k, "allowed_") || strings.HasPrefix(k, "blocked_") {
-			return true
-		}
-		if sub, ok := v.(map[string]any); ok && holdsRule(sub) {
-			return true
-		}
-	}
-	return false
+// isRule reports whether a scope key is a rule on another key of the
+// details (max_, _pattern, allowed_, blocked_) rather than a value of its
+// own.
+func isRule(k string) bool {
+	return strings.HasPrefix(k, "max_") || strings.HasSuffix(k, "_pattern") ||
+		strings.HasPrefix(k, "allowed_") || strings.HasPrefix(k, "blocked_")
 }
 
 func containsNumber(l []any) bool {

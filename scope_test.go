@@ -54,21 +54,21 @@ func TestCheckDetails(t *testing.T) {
 		details map[string]any
 		bad     string // offending key, "" when allowed
 	}{
-		{"nothing constrained, nothing claimed", plain, map[string]any{}, ""},
+		{"what the scope fixes, stated", plain, map[string]any{"recipient": "client@example.com", "attachments": false, "regions": []any{"eu"}}, ""},
 		{"within every limit", map[string]any{"max_emails": 1.0, "subject_pattern": "^Invoice", "allowed_domains": []any{"example.com"},
 			"blocked_paths": []any{"/etc"}, "recipient": "client@example.com", "regions": []any{"eu", "us"}},
 			map[string]any{"emails": 1.0, "subject": "Invoice #1", "domains": "example.com", "paths": "/tmp",
 				"recipient": "client@example.com", "regions": []any{"eu"}}, ""},
-		{"unmentioned keys pass", plain, map[string]any{"body": "hi"}, ""},
+		{"unmentioned keys pass", plain, map[string]any{"recipient": "client@example.com", "attachments": false, "regions": []any{"us"}, "body": "hi"}, ""},
 		{"over a max", maxEmails, map[string]any{"emails": 2.0}, "emails"},
 		{"list counted against max", maxEmails, map[string]any{"emails": []any{"a", "b"}}, "emails"},
 		{"max needs a number", maxEmails, map[string]any{"emails": "one"}, "emails"},
 		{"pattern mismatch", subject, map[string]any{"subject": "Hello"}, "subject"},
 		{"not in allowed list", domains, map[string]any{"domains": "evil.com"}, "domains"},
 		{"in blocked list", paths, map[string]any{"paths": []any{"/tmp", "/etc"}}, "paths"},
-		{"different recipient", plain, map[string]any{"recipient": "attacker@evil.com"}, "recipient"},
+		{"different recipient", plain, map[string]any{"recipient": "attacker@evil.com", "attachments": false, "regions": []any{"eu"}}, "recipient"},
 		{"bool widened", plain, map[string]any{"attachments": true}, "attachments"},
-		{"list widened", plain, map[string]any{"regions": []any{"eu", "apac"}}, "regions"},
+		{"list widened", plain, map[string]any{"recipient": "client@example.com", "attachments": false, "regions": []any{"eu", "apac"}}, "regions"},
 		{"echoed limit wider than granted", maxEmails, map[string]any{"max_emails": 50.0, "emails": 1.0}, "max_emails"},
 		{"echoed limit within granted", maxEmails, map[string]any{"max_emails": 1.0, "emails": 1.0}, ""},
 		{"echoed allow list wider", domains, map[string]any{"allowed_domains": []any{"example.com", "evil.com"}, "domains": "example.com"}, "allowed_domains"},
@@ -91,7 +91,11 @@ func TestCheckDetails(t *testing.T) {
 			map[string]any{"amount": 1e9}, "limits"},
 		{"object holding a deeper limit left out", map[string]any{"a": map[string]any{"b": map[string]any{"to_pattern": "@corp$"}}},
 			map[string]any{}, "a"},
-		{"object holding no limit may be left out", map[string]any{"meta": map[string]any{"note": "x"}}, map[string]any{}, ""},
+		// What the scope fixes cannot be left out: a recipient, an object.
+		{"recipient left out", plain, map[string]any{"attachments": false, "regions": []any{"eu"}}, "recipient"},
+		{"object left out", map[string]any{"meta": map[string]any{"note": "x"}}, map[string]any{}, "meta"},
+		{"null fixes nothing", map[string]any{"note": nil}, map[string]any{}, ""},
+		{"a rule key need not be echoed", maxEmails, map[string]any{"emails": 1.0}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

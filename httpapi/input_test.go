@@ -145,7 +145,7 @@ func TestBadInput(t *testing.T) {
 	// After all that the server still answers and works normally.
 	e.do("GET", "/health", "", nil).data(t, http.StatusOK, nil)
 	p := e.grant(agent.Key, map[string]any{"scope": nested(5), "context": manyKeys(256)})
-	require.True(t, e.use(agent.Key, p.ID, p.Token, nil).Success)
+	require.True(t, e.use(agent.Key, p.ID, p.Token, nested(5)).Success)
 	require.True(t, e.use(agent.Key, grant.ID, grant.Token, nil).Success, "bad requests spent nothing")
 	var still permView
 	e.do("GET", "/api/v1/permissions/"+pend.ID, agent.Key, nil).data(t, http.StatusOK, &still)
@@ -239,14 +239,14 @@ func TestHostileStrings(t *testing.T) {
 			require.Equal(t, ctx, got.Context)
 			require.Equal(t, s, got.DecisionReason)
 
-			u2 := e.use(a.APIKey, p.ID, got.Token, map[string]any{s: s})
+			u2 := e.use(a.APIKey, p.ID, got.Token, scope) // a use states what the scope fixes
 			require.True(t, u2.Success, u2.Reason)
 
 			ev := e.auditOf(p.ID)
 			require.Equal(t, []string{"request", "approve", "token_issue", "use"}, eventTypes(ev))
 			require.Equal(t, s, ev[0].Details["resource"])
 			require.Equal(t, s, ev[1].Details["reason"])
-			require.Equal(t, map[string]any{s: s}, ev[3].Details["actionDetails"])
+			require.Equal(t, scope, ev[3].Details["actionDetails"])
 		})
 	}
 	// The tables survived and the chain is intact.

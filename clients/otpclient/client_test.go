@@ -193,8 +193,9 @@ func TestVerifyUseRevoke(t *testing.T) {
 	e := newEnv(t)
 	c := e.client()
 	ctx := context.Background()
-	// Within the scope below: a use must name what max_emails limits.
-	okUse := map[string]any{"emails": 1}
+	// Within the scope below: a use must name what max_emails limits, and
+	// the recipient the scope fixes.
+	okUse := map[string]any{"emails": 1, "recipient": "a@example.com"}
 	newPerm := func(t *testing.T, uses int) *otpclient.Permission {
 		p, err := c.RequestPermission(ctx, otpclient.Request{Action: "auto.mail", Uses: uses, TTL: time.Minute,
 			Scope: map[string]any{"max_emails": 2, "recipient": "a@example.com"}})
