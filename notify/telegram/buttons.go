@@ -73,11 +73,16 @@ func parseData(key []byte, data string) (approve bool, perm agentotp.PermissionI
 	return approve, agentotp.PermissionID(id), true
 }
 
-func keyboard(key []byte, perm agentotp.PermissionID) *tgbotapi.InlineKeyboardMarkup {
-	m := tgbotapi.NewInlineKeyboardMarkup(tgbotapi.NewInlineKeyboardRow(
-		tgbotapi.NewInlineKeyboardButtonData("✅ Approve", buttonData(key, true, perm)),
-		tgbotapi.NewInlineKeyboardButtonData("❌ Deny", buttonData(key, false, perm)),
-	))
+// keyboard returns a request's buttons: Approve and Deny, or Deny alone
+// when the message cannot show the request in full. The Approve data of
+// such a request is then never given out.
+func keyboard(key []byte, perm agentotp.PermissionID, full bool) *tgbotapi.InlineKeyboardMarkup {
+	deny := tgbotapi.NewInlineKeyboardButtonData("❌ Deny", buttonData(key, false, perm))
+	row := tgbotapi.NewInlineKeyboardRow(deny)
+	if full {
+		row = tgbotapi.NewInlineKeyboardRow(tgbotapi.NewInlineKeyboardButtonData("✅ Approve", buttonData(key, true, perm)), deny)
+	}
+	m := tgbotapi.NewInlineKeyboardMarkup(row)
 	return &m
 }
 

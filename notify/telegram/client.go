@@ -7,9 +7,11 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	tgbotapi "github.com/go-telegram-bot-api/telegram-bot-api/v5"
+	"golang.org/x/time/rate"
 )
 
 // doer binds the library's context-free requests to ctx and keeps the bot
@@ -118,8 +120,18 @@ func (n *Notifier) call(ctx context.Context, method string, fn func(*tgbotapi.Bo
 	return n.retry(ctx, method, callTimeout, func(ctx context.Context) error { return fn(n.bot(ctx)) })
 }
 
-// send posts an HTML message and returns its id.
-func (n *Notifier) send(ctx context.Context, chat int64, text string, markup *tgbotapi.InlineKeyboardMarkup, replyTo int) (int, error) {
+// once runs a bot method a single time: for answers to accounts not linked
+// to an approver. Anyone can message the bot, and waiting out Telegram's
+// rate limits for them would hold up the approvers behind them.
+func (n *Notifier) once(ctx context.Context, fn func(*tgbotapi.BotAPI) error) error {
+	ctx, cancel := context.WithTimeout(ctx, callTimeout)
+	defer cancel()
+	return redact(fn(n.bot(ctx)), n.token)
+}
+
+// newMessage is an HTML message to chat, replying to message replyTo when
+// not 0.
+func newMessage(chat int64, text string, markup *tgbotapi.InlineKeyboardMarkup, replyTo int) tgbotapi.MessageConfig {
 	cfg := tgbotapi.NewMessage(chat, text)
 	cfg.ParseMode = tgbotapi.ModeHTML
 	cfg.DisableWebPagePreview = true
@@ -130,6 +142,12 @@ func (n *Notifier) send(ctx context.Context, chat int64, text string, markup *tg
 		cfg.ReplyToMessageID = replyTo
 		cfg.AllowSendingWithoutReply = true
 	}
+	return cfg
+}
+
+// send posts an HTML message and returns its id.
+func (n *Notifier) send(ctx context.Context, chat int64, text string, markup *tgbotapi.InlineKeyboardMarkup, replyTo int) (int, error) {
+	cfg := newMessage(chat, text, markup, replyTo)
 	var id int
 	err := n.call(ctx, "sendMessage", func(b *tgbotapi.BotAPI) error {
 		m, err := b.Send(cfg)
@@ -171,9 +189,77 @@ func (n *Notifier) answer(ctx context.Context, q *tgbotapi.CallbackQuery, text s
 	}
 }
 
+// answerOnce answers, with an alert, a press by an account not linked to an
+// approver: one attempt.
+func (n *Notifier) answerOnce(ctx context.Context, q *tgbotapi.CallbackQuery, text string) {
+	cfg := tgbotapi.NewCallback(q.ID, text)
+	cfg.ShowAlert = true
+	err := n.once(ctx, func(b *tgbotapi.BotAPI) error {
+		_, err := b.Request(cfg)
+		return err
+	})
+	if err != nil {
+		n.log.Debug("telegram answer to an unlinked account failed; not retried", "err", err)
+	}
+}
+
 // respond sends an HTML answer to a message, threaded under it.
 func (n *Notifier) respond(ctx context.Context, m *tgbotapi.Message, html string) {
 	if _, err := n.send(ctx, m.Chat.ID, html, nil, m.MessageID); err != nil {
 		n.log.Warn("telegram reply failed", "chat", m.Chat.ID, "err", err)
 	}
+}
+
+// respondOnce answers a message from an account not linked to an approver,
+// or not known to be: one attempt, and none once the chat has used up its
+// answers (see chatLimits).
+func (n *Notifier) respondOnce(ctx context.Context, m *tgbotapi.Message, html string) {
+	if !n.chats.allow(m.Chat.ID, time.Now()) {
+		n.log.Debug("telegram answer to an unlinked account skipped: too many", "chat", m.Chat.ID)
+		return
+	}
+	err := n.once(ctx, func(b *tgbotapi.BotAPI) error {
+		_, err := b.Send(newMessage(m.Chat.ID, html, nil, m.MessageID))
+		return err
+	})
+	if err != nil {
+		n.log.Debug("telegram answer to an unlinked account failed; not retried", "chat", m.Chat.ID, "err", err)
+	}
+}
+
+// chatLimits is a token bucket per chat, its table bounded: when full,
+// buckets that have filled up again (as good as new) are forgotten, and a
+// new chat that still finds no room is refused.
+type chatLimits struct {
+	limit rate.Limit
+	burst int
+	max   int
+	mu    sync.Mutex
+	chats map[int64]*rate.Limiter
+}
+
+func newChatLimits(limit rate.Limit, burst, size int) *chatLimits {
+	return &chatLimits{limit: limit, burst: burst, max: size, chats: map[int64]*rate.Limiter{}}
+}
+
+// allow takes a token from chat's bucket at now, if one is left.
+func (c *chatLimits) allow(chat int64, now time.Time) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	l, ok := c.chats[chat]
+	if !ok {
+		if len(c.chats) >= c.max {
+			for id, idle := range c.chats {
+				if idle.TokensAt(now) >= float64(c.burst) {
+					delete(c.chats, id)
+				}
+			}
+		}
+		if len(c.chats) >= c.max {
+			return false
+		}
+		l = rate.NewLimiter(c.limit, c.burst)
+		c.chats[chat] = l
+	}
+	return l.AllowN(now, 1)
 }

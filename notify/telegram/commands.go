@@ -24,7 +24,11 @@ func (n *Notifier) message(ctx context.Context, m *tgbotapi.Message) {
 		case "start":
 			n.start(ctx, m)
 		case "help":
-			n.respond(ctx, m, helpText)
+			if n.linked(ctx, m.From) {
+				n.respond(ctx, m, helpText)
+			} else {
+				n.respondOnce(ctx, m, helpText)
+			}
 		case "pending":
 			n.pending(ctx, m)
 		}
@@ -40,6 +44,17 @@ func (n *Notifier) message(ctx context.Context, m *tgbotapi.Message) {
 			n.reply(ctx, m, perm, true)
 		}
 	}
+}
+
+// linked reports whether from is linked to an active approver; a failed
+// lookup counts as not.
+func (n *Notifier) linked(ctx context.Context, from *tgbotapi.User) bool {
+	svc := n.svc.Load()
+	if svc == nil {
+		return false
+	}
+	u, _, err := approver(ctx, svc, from)
+	return err == nil && u != nil
 }
 
 // requestOf returns the request whose buttons r, a message replied to,
@@ -104,22 +119,20 @@ func (n *Notifier) start(ctx context.Context, m *tgbotapi.Message) {
 	link := fmt.Sprintf("An admin links you with:\n<code>agentotp users create NAME --role approver --telegram-id %d</code>", id)
 	svc := n.svc.Load()
 	if svc == nil {
-		n.respond(ctx, m, txtNotReady)
+		n.respondOnce(ctx, m, txtNotReady)
 		return
 	}
 	u, err := svc.Store().UserByTelegramID(ctx, id)
-	var text string
 	switch {
 	case err == nil && u.Active && u.Role.CanDecide():
-		text = fmt.Sprintf("Your Telegram id is <code>%d</code>. You are linked to the %s <b>%s</b>: your Approve and Deny presses count. Send /pending to see what waits.",
-			id, html.EscapeString(string(u.Role)), field(u.Name, capAgent))
+		n.respond(ctx, m, fmt.Sprintf("Your Telegram id is <code>%d</code>. You are linked to the %s <b>%s</b>: your Approve and Deny presses count. Send /pending to see what waits.",
+			id, html.EscapeString(string(u.Role)), field(u.Name, capAgent)))
 	case err == nil:
-		text = fmt.Sprintf("Your Telegram id is <code>%d</code>. It is linked to <b>%s</b>, who is disabled or may not decide, so your presses change nothing.",
-			id, field(u.Name, capAgent))
+		n.respondOnce(ctx, m, fmt.Sprintf("Your Telegram id is <code>%d</code>. It is linked to <b>%s</b>, who is disabled or may not decide, so your presses change nothing.",
+			id, field(u.Name, capAgent)))
 	default:
-		text = fmt.Sprintf("Your Telegram id is <code>%d</code>. You are <b>not linked</b> to an approver, so your presses change nothing.\n%s", id, link)
+		n.respondOnce(ctx, m, fmt.Sprintf("Your Telegram id is <code>%d</code>. You are <b>not linked</b> to an approver, so your presses change nothing.\n%s", id, link))
 	}
-	n.respond(ctx, m, text)
 }
 
 // pending posts each waiting request, with its own buttons, to the chat
@@ -127,17 +140,17 @@ func (n *Notifier) start(ctx context.Context, m *tgbotapi.Message) {
 func (n *Notifier) pending(ctx context.Context, m *tgbotapi.Message) {
 	svc := n.svc.Load()
 	if svc == nil {
-		n.respond(ctx, m, txtNotReady)
+		n.respondOnce(ctx, m, txtNotReady)
 		return
 	}
 	user, _, err := approver(ctx, svc, m.From)
 	if err != nil {
 		n.log.Error("telegram approver lookup failed", "err", err)
-		n.respond(ctx, m, txtFailed)
+		n.respondOnce(ctx, m, txtFailed)
 		return
 	}
 	if user == nil {
-		n.respond(ctx, m, txtNotLinked)
+		n.respondOnce(ctx, m, txtNotLinked)
 		return
 	}
 	list, total, err := svc.ListPermissions(ctx, agentotp.Principal{User: user}, agentotp.PermissionFilter{

@@ -61,17 +61,18 @@ func TestPendingCommand(t *testing.T) {
 	u = e.tg.Say(eve, eve.ID, "/pending")
 	require.Contains(t, e.replyTo(eve.ID, u.MessageID).Text, notLinked)
 
-	for _, ignored := range []telegramtest.Update{
+	ignored := []telegramtest.Update{
 		e.tg.PlainTextUpdate(ann, ann.ID, "/pending", 0),
 		e.tg.TextUpdate(ann, ann.ID, "/pending@some_other_bot", 0),
-	} {
-		e.tg.Queue(ignored)
-		e.handled(ignored)
-		require.Empty(t, e.replies(ann.ID, ignored.MessageID))
 	}
+	e.tg.Queue(ignored...)
 
+	// Messages are handled in order: the ignored ones are done by now.
 	u = e.tg.Say(ann, ann.ID, "/pending@agentotp_test_bot")
 	require.Equal(t, "2 request(s) waiting:", e.replyTo(ann.ID, u.MessageID).Text)
+	for _, i := range ignored {
+		require.Empty(t, e.replies(ann.ID, i.MessageID))
+	}
 	private := e.message(ann.ID, p.ID)
 	e.message(ann.ID, q.ID)
 	require.Equal(t, data(t, inGroup, true), data(t, private, true), "buttons name the request, not the message")
@@ -86,4 +87,57 @@ func TestPendingCommand(t *testing.T) {
 		return err == nil && tok != ""
 	}, 5*time.Second, 5*time.Millisecond)
 	require.True(t, strings.Contains(e.message(ann.ID, q.ID).Text, "Approval needed"))
+}
+
+// An account not linked to an approver gets one attempt at each answer:
+// under Telegram's rate limit its commands, replies and presses never keep
+// the bot waiting ahead of an approver, whose answer comes next.
+func TestStrangersAnsweredOnce(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		method string // the call Telegram rate-limits
+		say    func(e *env, m telegramtest.Message)
+		codes  []int // of method's calls: the request, the stranger's answer, the approver's
+	}{
+		{"help", "sendMessage", func(e *env, _ telegramtest.Message) { e.tg.Say(eve, eve.ID, "/help") }, []int{200, 429, 200}},
+		{"start", "sendMessage", func(e *env, _ telegramtest.Message) { e.tg.Say(eve, eve.ID, "/start") }, []int{200, 429, 200}},
+		{"pending", "sendMessage", func(e *env, _ telegramtest.Message) { e.tg.Say(eve, eve.ID, "/pending") }, []int{200, 429, 200}},
+		{"reply", "sendMessage", func(e *env, m telegramtest.Message) { e.tg.Reply(eve, chat, m.ID, "no") }, []int{200, 429, 200}},
+		{"press", "answerCallbackQuery", func(e *env, m telegramtest.Message) { e.tg.Press(eve, chat, m.ID, data(e.t, m, true)) }, []int{429, 200}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			e := newEnv(t, envOptions{})
+			p := e.request(req{})
+			m := e.message(chat, p.ID)
+			e.tg.Fail(c.method, 1, 429, 30)
+			c.say(e, m)
+			if c.method == "answerCallbackQuery" {
+				require.Equal(t, "Denied.", e.press(ann, m, false).Text)
+			} else {
+				u := e.tg.Say(ann, ann.ID, "/help")
+				e.replyTo(ann.ID, u.MessageID)
+			}
+			var codes []int
+			for _, call := range e.tg.Calls(c.method) {
+				codes = append(codes, call.Code)
+			}
+			require.Equal(t, c.codes, codes)
+		})
+	}
+}
+
+// Answers to an account not linked to an approver are rate-limited per
+// chat; an approver's are not.
+func TestStrangerAnswersLimited(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	for range 5 {
+		e.tg.Say(eve, eve.ID, "/help")
+		e.tg.Say(ann, ann.ID, "/help")
+	}
+	u := e.tg.Say(ann, ann.ID, "/start")
+	e.replyTo(ann.ID, u.MessageID)
+	require.Len(t, e.tg.Messages(ann.ID), 6)
+	got := len(e.tg.Messages(eve.ID))
+	require.Positive(t, got)
+	require.Less(t, got, 5)
 }

@@ -24,6 +24,7 @@ const (
 	txtAlreadyApproved = "You have already approved this request. Another approver has to approve it too."
 	txtExpired         = "This request has expired. Nothing changed."
 	txtRevoked         = "This request was revoked. Nothing changed."
+	txtTooLong         = "This request is too long to show in full in Telegram, so it cannot be approved here. Nothing changed; decide in the console."
 )
 
 // approver returns the user a Telegram account decides as, or why it
@@ -81,7 +82,7 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 			}
 		}
 		n.log.Info("telegram press refused", "telegram_user", fromID(q.From), "why", why)
-		n.answer(ctx, q, txtNotLinked, true)
+		n.answerOnce(ctx, q, txtNotLinked)
 		return
 	}
 	if !ok {
@@ -94,6 +95,26 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 		// replace the pressed message's buttons, whoever sent it.
 		n.buttons.adopt(perm, q.Message.Chat.ID, q.Message.MessageID)
 	}
+	if approve {
+		// No message offers Approve for a request it cannot show in full,
+		// but one an older version sent may.
+		full, err := n.approvable(ctx, svc, perm)
+		switch {
+		case errors.Is(err, agentotp.ErrNotFound):
+			n.answer(ctx, q, txtInvalid, true)
+			return
+		case err != nil:
+			n.log.Error("telegram: reading a pressed request failed", "permission", perm, "err", err)
+			n.answer(ctx, q, txtFailed, true)
+			return
+		case !full:
+			n.log.Info("telegram approve refused: the request cannot be shown in full", "permission", perm, "user", user.Name)
+			n.answer(ctx, q, txtTooLong, true)
+			// Puts the pressed message's buttons right.
+			n.progress(ctx, svc, perm)
+			return
+		}
+	}
 	in := agentotp.DecideInput{Approved: approve, Reason: "approved in Telegram by " + user.Name}
 	if !approve {
 		in.Reason = "denied in Telegram by " + user.Name
@@ -103,6 +124,21 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 	r.then(ctx)
 }
 
+// approvable reports whether perm may be approved in Telegram: not while
+// it is pending and its message cannot show it in full. Ended requests
+// pass, for Decide to explain.
+func (n *Notifier) approvable(ctx context.Context, svc *agentotp.Service, perm agentotp.PermissionID) (bool, error) {
+	p, _, err := svc.GetPermission(ctx, agentotp.SystemPrincipal, perm, 0)
+	if err != nil {
+		return false, err
+	}
+	if p.Status != agentotp.StatusPending {
+		return true, nil
+	}
+	_, full := render(n.view(ctx, svc, p, nil))
+	return full, nil
+}
+
 // reply handles a reply to a request message: an approver's reply denies
 // the request with the reply's text as the reason. adopt says the message
 // replied to is not one this process knows: once an approver replies, it
@@ -110,14 +146,14 @@ func (n *Notifier) press(ctx context.Context, q *tgbotapi.CallbackQuery) {
 func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp.PermissionID, adopt bool) {
 	svc := n.svc.Load()
 	if svc == nil {
-		n.respond(ctx, m, txtNotReady)
+		n.respondOnce(ctx, m, txtNotReady)
 		return
 	}
 	ctx = channel(ctx)
 	user, why, err := approver(ctx, svc, m.From)
 	if err != nil {
 		n.log.Error("telegram approver lookup failed", "err", err)
-		n.respond(ctx, m, txtFailed)
+		n.respondOnce(ctx, m, txtFailed)
 		return
 	}
 	if user == nil {
@@ -125,7 +161,7 @@ func (n *Notifier) reply(ctx context.Context, m *tgbotapi.Message, perm agentotp
 			n.log.Error("telegram: audit of a refused reply failed", "permission", perm, "err", err)
 		}
 		n.log.Info("telegram reply refused", "telegram_user", fromID(m.From), "why", why)
-		n.respond(ctx, m, txtNotLinked)
+		n.respondOnce(ctx, m, txtNotLinked)
 		return
 	}
 	if adopt {

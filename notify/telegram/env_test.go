@@ -319,7 +319,8 @@ func (e *env) replyTo(c int64, msg int) telegramtest.Message {
 	return out[0]
 }
 
-// handled waits until the Notifier has handled a polled update.
+// handled waits until the Notifier has taken a polled update: a press is
+// handled by then, a message only queued.
 func (e *env) handled(u telegramtest.Update) {
 	e.t.Helper()
 	require.Eventually(e.t, func() bool { return e.tg.Confirmed(u.ID) }, 5*time.Second, 5*time.Millisecond, "update %d was not handled", u.ID)

@@ -178,3 +178,17 @@ func TestRunNeedsServiceAndRunsOnce(t *testing.T) {
 	defer cancel()
 	require.ErrorContains(t, e.n.Run(ctx), "already running")
 }
+
+// Presses are handled apart from messages: an approver's /pending waiting
+// out a rate limit does not hold up another approver's press.
+func TestPressNotBehindMessages(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	p := e.request(req{action: "quorum.deploy"})
+	m := e.message(chat, p.ID)
+	e.tg.Fail("sendMessage", 2, 429, 1)
+	u := e.tg.Say(ann, ann.ID, "/pending")
+	require.Equal(t, "Your approval is recorded: 1 of 2.", e.press(bob, m, true).Text)
+	require.Empty(t, e.replies(ann.ID, u.MessageID), "the press waited for /pending")
+	// The approver's own command is still retried.
+	require.Equal(t, "1 request(s) waiting:", e.replyTo(ann.ID, u.MessageID).Text)
+}

@@ -48,8 +48,8 @@ func (n *Notifier) post(ctx context.Context, chat int64, p *agentotp.Permission,
 			p = cur
 		}
 	}
-	text := render(n.view(ctx, svc, p, agent))
-	id, err := n.send(ctx, chat, text, keyboard(n.key, p.ID), 0)
+	text, full := render(n.view(ctx, svc, p, agent))
+	id, err := n.send(ctx, chat, text, keyboard(n.key, p.ID, full), 0)
 	if err != nil {
 		n.buttons.drop(b)
 		return fmt.Errorf("post request %s: %w", p.ID, err)
@@ -69,7 +69,7 @@ func (n *Notifier) finish(ctx context.Context, svc *agentotp.Service, p *agentot
 	if len(list) == 0 {
 		return nil
 	}
-	text := render(n.view(ctx, svc, p, nil))
+	text, _ := render(n.view(ctx, svc, p, nil))
 	var errs []error
 	for _, b := range list {
 		if err := n.show(ctx, b, p.UpdatedAt, text, nil); err != nil {
@@ -95,9 +95,9 @@ func (n *Notifier) show(ctx context.Context, b *button, version time.Time, text 
 }
 
 // progress shows a quorum's votes so far on the messages of a request that
-// is still pending, keeping the buttons. It reads the state under each
-// message's edit lock, so the last edit shows the latest votes and never
-// puts buttons back after the outcome.
+// is still pending, with the buttons it may have. It reads the state under
+// each message's edit lock, so the last edit shows the latest votes and
+// never puts buttons back after the outcome.
 func (n *Notifier) progress(ctx context.Context, svc *agentotp.Service, id agentotp.PermissionID) {
 	for _, b := range n.buttons.forPerm(id, false) {
 		func() {
@@ -111,8 +111,8 @@ func (n *Notifier) progress(ctx context.Context, svc *agentotp.Service, id agent
 			if err != nil || cur.Status != agentotp.StatusPending {
 				return
 			}
-			text := render(n.view(ctx, svc, cur, nil))
-			if err := n.edit(ctx, b.chat, msg, text, keyboard(n.key, id)); err != nil {
+			text, full := render(n.view(ctx, svc, cur, nil))
+			if err := n.edit(ctx, b.chat, msg, text, keyboard(n.key, id, full)); err != nil {
 				n.log.Warn("telegram progress edit failed", "permission", id, "err", err)
 				return
 			}

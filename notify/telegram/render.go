@@ -75,12 +75,18 @@ func escapedUnits(r rune) int {
 // cut escapes s for Telegram's HTML in at most limit UTF-16 units; a cut
 // is marked with "…" and never splits a character or an entity.
 func cut(s string, limit int) string {
+	out, _ := clip(s, limit)
+	return out
+}
+
+// clip is cut, and reports whether s fitted whole.
+func clip(s string, limit int) (string, bool) {
 	total := 0
 	for _, r := range s {
 		total += escapedUnits(r)
 	}
 	if total <= limit {
-		return html.EscapeString(s)
+		return html.EscapeString(s), true
 	}
 	used, end := 0, 0
 	for i, r := range s {
@@ -91,21 +97,21 @@ func cut(s string, limit int) string {
 		used += w
 		end = i + utf8.RuneLen(r)
 	}
-	return html.EscapeString(s[:end]) + "…"
+	return html.EscapeString(s[:end]) + "…", false
 }
 
 // field cleans then cuts one line of untrusted text.
 func field(s string, limit int) string { return cut(clean(s, false), limit) }
 
-// scopeJSON pretty-prints a scope. Hidden characters inside strings are
-// shown as \u escapes rather than dropped (agentotp.DisplayJSON): a hidden
-// override in a recipient is worth seeing.
-func scopeJSON(m map[string]any) string {
+// scopeJSON pretty-prints a scope, and reports whether it could. Hidden
+// characters inside strings are shown as \u escapes rather than dropped
+// (agentotp.DisplayJSON): a hidden override in a recipient is worth seeing.
+func scopeJSON(m map[string]any) (string, bool) {
 	out, err := agentotp.DisplayJSON(m)
 	if err != nil {
-		return "(the scope cannot be shown; open the console)"
+		return "(the scope cannot be shown; open the console)", false
 	}
-	return out
+	return out, true
 }
 
 // suspicious reports text an approver could misread: anything outside
@@ -129,42 +135,54 @@ type view struct {
 	now     time.Time
 }
 
-// render writes the message for v, pending or ended.
-func render(v view) string {
-	out := renderWith(v, scopeJSON(v.perm.Scope))
-	if units(out) > maxMessage {
+// render writes the message for v, pending or ended. full is false when
+// the agent, action, resource or scope had to be cut or left out: a person
+// would approve more than the message shows, so a pending one says so and
+// gets no Approve button (see keyboard), and a press of an older one is
+// refused (see press).
+func render(v view) (text string, full bool) {
+	scope, ok := scopeJSON(v.perm.Scope)
+	text, full = renderWith(v, scope, ok)
+	if units(text) > maxMessage {
 		// Not reached with the caps above; a last guard all the same.
-		out = renderWith(v, "(too large to show here; open the console)")
+		text, full = renderWith(v, "(too large to show here; open the console)", false)
 	}
-	return out
+	return text, full
 }
 
-func renderWith(v view, scope string) string {
+func renderWith(v view, scope string, full bool) (string, bool) {
 	p := v.perm
 	var b strings.Builder
 	line := func(format string, args ...any) {
 		fmt.Fprintf(&b, format, args...)
 		b.WriteByte('\n')
 	}
+	// shown cuts what would be approved, noting whether it had to.
+	shown := func(s string, limit int) string {
+		out, whole := clip(s, limit)
+		full = full && whole
+		return out
+	}
 	if p.Status == agentotp.StatusPending {
 		line("🔐 <b>Approval needed</b>")
 	} else {
 		line("🔐 <b>Approval request</b>")
 	}
-	line("Agent: <code>%s</code>", field(v.agent, capAgent))
-	line("Action: <code>%s</code>", field(p.Action, capAction))
+	line("Agent: <code>%s</code>", shown(clean(v.agent, false), capAgent))
+	line("Action: <code>%s</code>", shown(clean(p.Action, false), capAction))
 	if p.Resource == "" {
 		line("Resource: <i>none</i>")
 	} else {
-		line("Resource: <code>%s</code>", field(p.Resource, capResource))
+		line("Resource: <code>%s</code>", shown(clean(p.Resource, false), capResource))
 	}
 	for _, f := range []struct{ name, value string }{{"action", p.Action}, {"resource", p.Resource}} {
 		if suspicious(f.value) {
-			line("⚠️ The %s has non-ASCII or invisible characters: <code>%s</code>", f.name, cut(strconv.QuoteToASCII(f.value), capWarning))
+			// Only this line shows the characters clean removed above.
+			line("⚠️ The %s has non-ASCII or invisible characters: <code>%s</code>", f.name, shown(strconv.QuoteToASCII(f.value), capWarning))
 		}
 	}
 	line("Scope:")
-	line("<pre>%s</pre>", cut(scope, capScope))
+	line("<pre>%s</pre>", shown(scope, capScope))
 	if reason, ok := p.Context["reason"].(string); ok && strings.TrimSpace(clean(reason, false)) != "" {
 		line("Reason given by the agent (its own words, not verified):")
 		line("<code>%s</code>", field(reason, capReason))
@@ -191,14 +209,31 @@ func renderWith(v view, scope string) string {
 		}
 	}
 	line("Request: <code>%s</code>", html.EscapeString(string(p.ID)))
-	if v.link != "" && units(v.link) <= capLink && (strings.HasPrefix(v.link, "https://") || strings.HasPrefix(v.link, "http://")) {
-		line(`Console: <a href="%s">open the request</a>`, html.EscapeString(clean(v.link, false)))
+	href := consoleHref(v.link)
+	if href != "" {
+		line(`Console: <a href="%s">open the request</a>`, href)
+	}
+	if p.Status == agentotp.StatusPending && !full {
+		console := "the console"
+		if href != "" {
+			console = fmt.Sprintf(`the <a href="%s">console</a>`, href)
+		}
+		line("⚠️ <b>This request is too long to show in full here</b>, so it cannot be approved in Telegram. Read all of it and decide in %s, or deny it here.", console)
 	}
 	if p.Status != agentotp.StatusPending {
 		b.WriteByte('\n')
 		b.WriteString(outcome(v))
 	}
-	return strings.TrimRight(b.String(), "\n")
+	return strings.TrimRight(b.String(), "\n"), full
+}
+
+// consoleHref returns link escaped for an href, or "" unless it is a short
+// http(s) URL.
+func consoleHref(link string) string {
+	if link == "" || units(link) > capLink || !strings.HasPrefix(link, "https://") && !strings.HasPrefix(link, "http://") {
+		return ""
+	}
+	return html.EscapeString(clean(link, false))
 }
 
 // outcome is the last line of an ended request.

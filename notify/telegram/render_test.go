@@ -6,12 +6,18 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
+	tgbotapi "github.com/go-telegram-bot-api/telegram-bot-api/v5"
 	"github.com/stretchr/testify/require"
 
 	"github.com/agentotp/agentotp"
+	"github.com/agentotp/agentotp/notify/telegram"
 	"github.com/agentotp/agentotp/notify/telegram/telegramtest"
 )
+
+// tooLong is the notice on a message that cannot show its request in full.
+const tooLong = "This request is too long to show in full here"
 
 // golden compares got with testdata/name; -update rewrites the file.
 func golden(t *testing.T, name, got string) {
@@ -101,15 +107,105 @@ func TestLongFieldsStayUnderLimit(t *testing.T) {
 	m := e.message(chat, p.ID)
 	require.LessOrEqual(t, telegramtest.Units(m.Text), 4096)
 	require.Contains(t, m.Text, "…</pre>")
+	require.Contains(t, m.Text, tooLong)
 	require.NotContains(t, m.Text, "\ufffd", "a cut split a character")
-	e.press(ann, m, true)
-	require.Eventually(t, func() bool {
-		mid, _ := e.tg.Message(chat, m.ID)
-		return strings.Contains(mid.Text, "1 of 2 approvals")
-	}, 5e9, 5e6)
+	// A vote from the console shows on the message /pending posts.
+	_, err = e.svc.Decide(ctx, agentotp.Principal{User: e.users[ann.ID]}, p.ID, agentotp.DecideInput{Approved: true, Reason: "ok"})
+	require.NoError(t, err)
+	u := e.tg.Say(bob, bob.ID, "/pending")
+	e.replyTo(bob.ID, u.MessageID)
+	mid := e.message(bob.ID, p.ID)
+	require.Contains(t, mid.Text, "1 of 2 approvals")
+	require.LessOrEqual(t, telegramtest.Units(mid.Text), 4096)
 
 	e.tg.Reply(bob, chat, m.ID, strings.Repeat("&<", 2000))
 	done := e.settled(chat, m.ID, "Denied")
 	require.LessOrEqual(t, telegramtest.Units(done.Text), 4096)
 	require.Len(t, e.status(p.ID).DecisionReason, agentotp.MaxReasonLen)
+}
+
+// What would be approved is shown whole or not offered for approval: a
+// message that had to cut the agent, action, resource or scope says so,
+// links to the console and has Deny alone.
+func TestTooLongToApprove(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	long, _, err := e.svc.CreateAgent(context.Background(), agentotp.SystemPrincipal, agentotp.AgentInput{Name: "mailer-" + strings.Repeat("x", 100) + "-prod"})
+	require.NoError(t, err)
+	for _, c := range []struct {
+		name   string
+		agent  *agentotp.Agent
+		r      req
+		hidden string // what the message cannot show
+		full   bool
+	}{
+		{name: "fits", r: req{resource: "mailto:alice@corp.example", scope: map[string]any{"max_emails": 1}}, full: true},
+		// Keys sort, so the padding comes first.
+		{name: "scope", r: req{scope: map[string]any{
+			"a_note":     strings.Repeat("routine weekly report ", 50),
+			"allowed_to": []any{"alice@corp.example", "attacker@evil.example"},
+		}}, hidden: "attacker@evil.example"},
+		{name: "resource", r: req{resource: "https://docs.corp.example/" + strings.Repeat("a", 280) + "/../admin/delete-everything"}, hidden: "delete-everything"},
+		{name: "action", r: req{action: "drive." + strings.Repeat("a", 200) + ".delete_all"}, hidden: "delete_all"},
+		{name: "agent", agent: long, r: req{}, hidden: "-prod"},
+		// The main line fits once the zero-width space is removed; the
+		// warning that shows it does not.
+		{name: "hidden characters", r: req{resource: "https://docs.corp.example/" + strings.Repeat("a", 120) + "\u200b/admin"}, hidden: `\u200b`},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			if c.agent != nil {
+				defer func(a agentotp.Principal) { e.agent = a }(e.agent)
+				e.agent = agentotp.Principal{Agent: c.agent}
+			}
+			p := e.request(c.r)
+			m := e.message(chat, p.ID)
+			if c.full {
+				require.Len(t, m.Buttons(), 2)
+				require.NotContains(t, m.Text, tooLong)
+				return
+			}
+			require.NotContains(t, m.Visible, c.hidden)
+			require.Contains(t, m.Text, tooLong)
+			require.Contains(t, m.Text, `<a href="https://otp.example/ui/requests/`+string(p.ID)+`">console</a>`)
+			bs := m.Buttons()
+			require.Len(t, bs, 1)
+			require.Equal(t, "❌ Deny", bs[0].Text)
+			require.Equal(t, "Denied.", e.pressData(ann, chat, m.ID, bs[0].Data()).Text)
+			require.Equal(t, agentotp.StatusDenied, e.status(p.ID).Status)
+		})
+	}
+}
+
+// An Approve button on a message sent before such requests lost it still
+// cannot approve one: the press is refused and the message put right, and
+// /pending posts it with Deny alone.
+func TestOldApproveButtonOnTooLongRequest(t *testing.T) {
+	e := newEnv(t, envOptions{})
+	p := e.request(req{scope: map[string]any{"a_note": strings.Repeat("padding ", 200), "to": "attacker@evil.example"}})
+	e.message(chat, p.ID)
+
+	bot, err := tgbotapi.NewBotAPIWithAPIEndpoint(e.tg.Token, e.tg.URL+"/bot%s/%s")
+	require.NoError(t, err)
+	cfg := tgbotapi.NewMessage(chat, "Approval needed. Request: "+string(p.ID))
+	cfg.ReplyMarkup = tgbotapi.NewInlineKeyboardMarkup(tgbotapi.NewInlineKeyboardRow(
+		tgbotapi.NewInlineKeyboardButtonData("✅ Approve", telegram.ButtonData(buttonKey, true, p.ID)),
+		tgbotapi.NewInlineKeyboardButtonData("❌ Deny", telegram.ButtonData(buttonKey, false, p.ID)),
+	))
+	sent, err := bot.Send(cfg)
+	require.NoError(t, err)
+	old, ok := e.tg.Message(chat, sent.MessageID)
+	require.True(t, ok)
+
+	a := e.press(ann, old, true)
+	require.True(t, a.ShowAlert)
+	require.Contains(t, a.Text, "cannot be approved here")
+	require.Equal(t, agentotp.StatusPending, e.status(p.ID).Status)
+	require.Empty(t, e.events(p.ID, agentotp.EventApprove))
+	require.Eventually(t, func() bool {
+		m, _ := e.tg.Message(chat, old.ID)
+		return len(m.Buttons()) == 1 && strings.Contains(m.Text, tooLong)
+	}, 5*time.Second, 5*time.Millisecond, "the old message kept its Approve button")
+
+	u := e.tg.Say(ann, ann.ID, "/pending")
+	e.replyTo(ann.ID, u.MessageID)
+	require.Len(t, e.message(ann.ID, p.ID).Buttons(), 1)
 }

@@ -47,6 +47,7 @@ import (
 	"time"
 
 	tgbotapi "github.com/go-telegram-bot-api/telegram-bot-api/v5"
+	"golang.org/x/time/rate"
 
 	"github.com/agentotp/agentotp"
 )
@@ -81,6 +82,14 @@ const (
 	handleTimeout = 60 * time.Second
 	// maxUpdateBytes bounds a webhook body.
 	maxUpdateBytes = 1 << 20
+	// maxQueued bounds the polled messages waiting to be handled.
+	maxQueued = 256
+	// Answers to accounts not linked to an approver, per chat: a burst of
+	// strangerBurst, then one every strangerEvery, in at most
+	// maxStrangerChats chats at a time.
+	strangerBurst    = 3
+	strangerEvery    = 20 * time.Second
+	maxStrangerChats = 1024
 )
 
 // Options configures a Notifier. Token, ChatID and ButtonKey are required.
@@ -216,6 +225,7 @@ type Notifier struct {
 	buttons *buttons
 	updates *recent[int]
 	queries *recent[string]
+	chats   *chatLimits // answers to accounts not linked to an approver
 	running atomic.Bool
 }
 
@@ -237,6 +247,7 @@ func New(ctx context.Context, opts Options) (*Notifier, error) {
 		buttons: newButtons(maxButtons),
 		updates: newRecent[int](maxRecent),
 		queries: newRecent[string](maxRecent),
+		chats:   newChatLimits(rate.Every(strangerEvery), strangerBurst, maxStrangerChats),
 	}
 	endpoint := opts.APIURL + "/bot%s/%s"
 	var bot *tgbotapi.BotAPI

@@ -6,6 +6,7 @@ import (
 	"crypto/subtle"
 	"net/http"
 	"runtime/debug"
+	"sync"
 
 	tgbotapi "github.com/go-telegram-bot-api/telegram-bot-api/v5"
 )
@@ -16,7 +17,27 @@ const allowedUpdates = `["message","callback_query"]`
 // poll long-polls getUpdates with an offset until ctx ends. It is the
 // library's GetUpdatesChan loop done by hand: that one sleeps a fixed 3 s
 // after any error, cannot be stopped twice, and its requests ignore ctx.
+//
+// Presses are handled here, messages in order by a worker of their own:
+// an answer waiting out Telegram's rate limit, or a /pending posting many
+// requests, never holds up a press. A message that finds maxQueued
+// waiting is dropped rather than hold up the presses.
 func (n *Notifier) poll(ctx context.Context) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	messages := make(chan *tgbotapi.Update, maxQueued)
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case u := <-messages:
+				n.handle(ctx, u)
+			}
+		}
+	})
 	// getUpdates is refused while a webhook is set, for example one left
 	// by an earlier run in webhook mode.
 	err := n.call(ctx, "deleteWebhook", func(b *tgbotapi.BotAPI) error {
@@ -49,10 +70,19 @@ func (n *Notifier) poll(ctx context.Context) {
 		}
 		delay = n.opts.RetryBackoff
 		for i := range batch {
-			if batch[i].UpdateID >= cfg.Offset {
-				cfg.Offset = batch[i].UpdateID + 1
+			u := &batch[i]
+			if u.UpdateID >= cfg.Offset {
+				cfg.Offset = u.UpdateID + 1
 			}
-			n.handle(ctx, &batch[i])
+			if u.CallbackQuery != nil {
+				n.handle(ctx, u)
+				continue
+			}
+			select {
+			case messages <- u:
+			default:
+				n.log.Warn("telegram messages queue full; message dropped", "update", u.UpdateID)
+			}
 		}
 	}
 }
