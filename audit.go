@@ -38,6 +38,9 @@ const (
 	EventPolicyError    EventType = "policy_error"
 	EventToolResult     EventType = "tool_result" // how a gated action went after its use was spent
 	EventPrune          EventType = "prune"       // decided permissions past retention were deleted (their events stay)
+	// EventAuditKeyed is the first keyed event after events written before
+	// the audit key existed: from it on, every event carries a MAC.
+	EventAuditKeyed EventType = "audit_keyed"
 )
 
 // EventTypes lists every event type, for validating filters.
@@ -47,7 +50,7 @@ var EventTypes = []EventType{
 	EventAgentCreate, EventAgentUpdate, EventAgentDelete,
 	EventUserCreate, EventUserUpdate, EventUserDelete,
 	EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete, EventPolicyReload, EventPolicyError,
-	EventToolResult, EventPrune,
+	EventToolResult, EventPrune, EventAuditKeyed,
 	EventConsoleSignIn, EventConsoleSignOut, EventConsoleSignInRejected,
 }
 
@@ -255,4 +258,11 @@ type AuditReport struct {
 	Permissions   int64
 	Mismatches    []PermissionMismatch
 	MismatchCount int
+}
+
+// NewAuditKeyedEvent is the event a store appends when it adopts, under
+// key, a chain written before any key existed (see EventAuditKeyed).
+func NewAuditKeyedEvent(key *AuditKey, now time.Time, unkeyed int64) *AuditEvent {
+	return &AuditEvent{ID: NewEventID(), Time: now, Type: EventAuditKeyed, ActorType: "system",
+		Details: map[string]any{"keyId": key.ID(), "unkeyedEvents": unkeyed}}
 }

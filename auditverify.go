@@ -465,11 +465,16 @@ func checkEnd(lastSeq int64, lastMAC string, head AuditHeadRecord, key *AuditKey
 	case !cpSeen:
 		return &ChainError{Seq: lastSeq + 1, Reason: fmt.Sprintf("missing: the checkpoint taken %s names seq %d but the chain ends at seq %d (truncated)", cp.At.UTC().Format(time.RFC3339), cp.Seq, lastSeq)}
 	}
-	if key == nil || (keyedFrom == 0 && head.MAC == "") {
-		// No key to check with, or a chain from before the key existed.
-		return nil
+	if key == nil || lastSeq == 0 {
+		return nil // no key to check with, or nothing to check
 	}
 	switch {
+	case head.MAC == "" && keyedFrom == 0:
+		// A chain written before the key existed is adopted with an
+		// audit_keyed event; one with no MAC at all can as well be a
+		// keyed chain whose MACs were all removed.
+		return &ChainError{Seq: head.Seq, Reason: "no event and not the recorded head carries a MAC although an audit key was given: " +
+			"the chain was never keyed (written before the key existed and not adopted), or its MACs were removed"}
 	case head.MAC == "":
 		return &ChainError{Seq: head.Seq, Reason: "the recorded head carries no MAC although the chain is keyed"}
 	case !key.VerifyHead(head.Seq, head.Hash, head.MAC):

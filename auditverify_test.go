@@ -428,6 +428,47 @@ func TestAuditKeyMismatch(t *testing.T) {
 	require.True(t, e.verify("").OK, "the right key again")
 }
 
+// TestAuditKeyDowngrade: a database writer without the key cannot pass a
+// keyed chain off as one written before the key existed by removing every
+// MAC (the hashes do not cover them) and then rewriting it freely: with
+// the key, verify refuses a chain with no MAC at all, and so does the
+// store's next write. Only an explicit adoption keys an unkeyed chain.
+func TestAuditKeyDowngrade(t *testing.T) {
+	key := testKey(t, 5)
+	e := newTrailEnv(t, key)
+	perm, tok := e.grant(1)
+	_, err := e.use(perm.ID, tok)
+	require.NoError(t, err)
+	last := e.lastSeq()
+	require.True(t, e.verify("").OK)
+
+	// Every MAC removed, the use deleted and the head moved back to the
+	// approval, the permission restored: all without the key.
+	require.NoError(t, e.store.Close())
+	e.store = nil
+	e.tamper(`UPDATE audit_head SET mac = NULL, key_id = NULL`,
+		`UPDATE audit_events SET mac = NULL, token_ref = NULL`,
+		fmt.Sprintf(`DELETE FROM audit_events WHERE seq = %d`, last),
+		fmt.Sprintf(`UPDATE audit_head SET seq = %d, hash = (SELECT hash FROM audit_events WHERE seq = %d)`, last-1, last-1),
+		fmt.Sprintf(`UPDATE permissions SET status = 'approved', uses_remaining = 1 WHERE id = '%s'`, perm.ID))
+	e.open(key)
+	rep := e.verify("")
+	requireBroken(t, rep, last-1, "no event and not the recorded head carries a MAC")
+	_, err = e.use(perm.ID, tok)
+	require.ErrorContains(t, err, "no MAC at all although this store has an audit key", "the spent token stays spent")
+
+	// An operator who has checked the chain adopts it explicitly.
+	require.NoError(t, e.store.Close())
+	st, err := sqlite.Open(e.ctx, e.path, sqlite.Options{Synchronous: "NORMAL", AuditKey: key, AdoptUnkeyedChain: true})
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+	e.store = nil
+	e.open(key)
+	rep = e.verify("")
+	require.True(t, rep.OK, "%+v", rep)
+	require.Equal(t, last, rep.KeyedFrom, "keyed from the audit_keyed event")
+}
+
 // TestAuditMigration: a database from before keyed audit keeps verifying:
 // its events by hash, reported as unkeyed; events from then on are keyed,
 // and tokens issued before keep working.
@@ -451,10 +492,10 @@ func TestAuditMigration(t *testing.T) {
 	e.open(key)
 	rep := e.verify("")
 	require.True(t, rep.OK, "%+v", rep)
-	require.Zero(t, rep.KeyedFrom, "nothing keyed yet")
+	require.Equal(t, before+1, rep.KeyedFrom, "the chain is adopted at once, with an audit_keyed event")
 	require.Equal(t, before, rep.Unkeyed)
 	cp, err := e.svc.AuditCheckpoint(e.ctx, e.admin)
-	require.NoError(t, err, "an unkeyed head can be pinned too")
+	require.NoError(t, err)
 
 	res, err := e.use(old.ID, oldTok)
 	require.NoError(t, err, "a token issued before keeps working")

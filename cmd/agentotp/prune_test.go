@@ -59,7 +59,11 @@ func TestStorageSettings(t *testing.T) {
 func seedDecided(t *testing.T, dir string, n int, decidedAt time.Time) agentotp.PermissionID {
 	t.Helper()
 	ctx := context.Background()
-	st, err := sqlite.Open(ctx, filepath.Join(dir, "agentotp.db"), sqlite.Options{})
+	// With the data directory's audit key, as the commands that follow
+	// open it: a store with a key refuses a chain written without one.
+	key, err := auditKey(Config{Data: dir})
+	require.NoError(t, err)
+	st, err := sqlite.Open(ctx, filepath.Join(dir, "agentotp.db"), sqlite.Options{AuditKey: key})
 	require.NoError(t, err)
 	defer st.Close()
 	effect := agentotp.EffectDeny

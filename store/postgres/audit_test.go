@@ -119,6 +119,10 @@ func TestKeyedChainRefusesAppendsAfterTampering(t *testing.T) {
 		{"head moved back with them", `DELETE FROM audit_events WHERE seq > 3; UPDATE audit_head SET seq = 3, hash = (SELECT hash FROM audit_events WHERE seq = 3)`,
 			postgres.Options{AuditKey: key}, "does not verify with the audit key"},
 		{"head removed", `DELETE FROM audit_head`, postgres.Options{AuditKey: key}, "carries no MAC"},
+		// Without MACs the chain would pass for one from before the key,
+		// and could then be rewritten by anyone: it is refused.
+		{"every MAC removed", `UPDATE audit_events SET mac = NULL, token_ref = NULL; UPDATE audit_head SET mac = NULL, key_id = NULL`,
+			postgres.Options{AuditKey: key}, "no MAC at all although this store has an audit key"},
 		{"opened without the key", ``, postgres.Options{}, "opened without the audit key"},
 		{"opened with another key", ``, postgres.Options{AuditKey: other}, "wrong audit key"},
 	}
@@ -139,4 +143,27 @@ func TestKeyedChainRefusesAppendsAfterTampering(t *testing.T) {
 			require.ErrorIs(t, err, agentotp.ErrInternal)
 		})
 	}
+}
+
+// A chain written without a key is keyed by an explicit adoption only: an
+// audit_keyed event, the first with a MAC.
+func TestUnkeyedChainAdopted(t *testing.T) {
+	ctx := context.Background()
+	key, err := agentotp.NewAuditKey([]byte(strings.Repeat("postgres audit key ", 2)))
+	require.NoError(t, err)
+	dsn := pgtest.NewDatabase(t)
+	appendN(t, open(t, dsn, postgres.Options{}), 3)
+	appendOne := func(s *postgres.Store) error {
+		return s.Update(ctx, func(tx agentotp.Tx) error {
+			return tx.AppendAudit(ctx, &agentotp.AuditEvent{Time: time.Now(), Type: agentotp.EventPolicyReload, ActorType: "system"})
+		})
+	}
+	require.ErrorContains(t, appendOne(open(t, dsn, postgres.Options{AuditKey: key})), "no MAC at all")
+	require.NoError(t, appendOne(open(t, dsn, postgres.Options{AuditKey: key, AdoptUnkeyedChain: true})))
+	require.NoError(t, appendOne(open(t, dsn, postgres.Options{AuditKey: key})), "adopted once, keyed for good")
+	v := agentotp.NewKeyedChainVerifier(key)
+	s := open(t, dsn, postgres.Options{AuditKey: key})
+	require.NoError(t, s.ScanAudit(ctx, v.Next))
+	require.Equal(t, int64(4), v.KeyedFrom, "keyed from the audit_keyed event")
+	require.Equal(t, int64(6), v.Checked)
 }

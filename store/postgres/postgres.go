@@ -52,11 +52,18 @@ var (
 // Options tunes a Store. The zero value is the safe default.
 type Options struct {
 	// AuditKey keys the audit chain: every event appended gets a MAC and
-	// the recorded head is signed (see AppendAudit). Events from before the
-	// key existed keep verifying by hash. Without a key the chain is
-	// hash-only, and appending to a chain that is already keyed fails.
+	// the recorded head is signed (see AppendAudit). Without a key the
+	// chain is hash-only, and appending to a chain that is already keyed
+	// fails; with one, appending to a chain that has events but no MAC
+	// fails unless it is adopted (AdoptUnkeyedChain).
 	// Every instance sharing the database needs the same key.
 	AuditKey *agentotp.AuditKey
+	// AdoptUnkeyedChain lets a store with an AuditKey take on a chain that
+	// has events but no MAC at all, marking from where it is keyed with an
+	// audit_keyed event. Without it such a chain refuses writes: it is
+	// either one written before the key existed, or a keyed one whose MACs
+	// were removed, and only someone who has verified it can tell.
+	AdoptUnkeyedChain bool
 	// LockTimeout bounds how long a write waits for the writer lock (held by
 	// another instance's transaction) before failing with
 	// SERVICE_UNAVAILABLE. Default 10s.
@@ -75,6 +82,7 @@ type Store struct {
 	pool        *pgxpool.Pool
 	connConfig  *pgx.ConnConfig // for the dedicated listener and lease connections
 	auditKey    *agentotp.AuditKey
+	adopting    bool // checkLink passes the unkeyed chain adoptChain is keying; writer only
 	lockTimeout time.Duration
 	log         *slog.Logger
 	schema      string
@@ -128,6 +136,12 @@ func Open(ctx context.Context, dsn string, opts Options) (*Store, error) {
 		return nil, err
 	}
 	s.writes = agentotp.NewWriteQueue(maxBatch, s.runBatch)
+	if s.auditKey != nil && opts.AdoptUnkeyedChain {
+		if err := s.adoptChain(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 	return s, nil
 }
 

@@ -225,6 +225,25 @@ func errAudit(format string, args ...any) error {
 	return agentotp.Errorf(agentotp.CodeInternal, "audit trail check failed, writes are refused: "+format+"; run agentotp audit verify", args...)
 }
 
+// adoptChain keys a chain written without a key: when it has events and
+// none carries a MAC, it appends an audit_keyed event, the first with one.
+func (s *Store) adoptChain(ctx context.Context) error {
+	return s.Update(ctx, func(atx agentotp.Tx) error {
+		t := atx.(*tx)
+		var l auditLink
+		err := t.stmt(s.lastAudit).QueryRowContext(ctx).Scan(&l.seq, &l.hash, &l.mac, &l.head.Seq, &l.head.Hash, &l.head.MAC, &l.head.KeyID)
+		if err != nil {
+			return storeErr("read audit head", err)
+		}
+		if l.seq == 0 || l.mac != "" || l.head.MAC != "" {
+			return nil // empty, or keyed already
+		}
+		s.adopting = true
+		defer func() { s.adopting = false }()
+		return t.AppendAudit(ctx, agentotp.NewAuditKeyedEvent(s.auditKey, time.Now(), l.seq))
+	})
+}
+
 // checkLink checks the newest event against the recorded head before a
 // batch appends to the chain.
 func (s *Store) checkLink(l auditLink) error {
@@ -237,8 +256,11 @@ func (s *Store) checkLink(l auditLink) error {
 		return nil // an unkeyed chain, appended to as before
 	case l.head.KeyID != "" && l.head.KeyID != key.ID():
 		return agentotp.Errorf(agentotp.CodeInternal, "wrong audit key: the audit chain was written with key %s, this key is %s", l.head.KeyID, key.ID())
+	case !keyed && (l.seq == 0 || s.adopting):
+		return nil // empty, or being adopted (adoptChain): keyed from the next event
 	case !keyed:
-		return nil // empty, or written before the key existed: keyed from the next event
+		return errAudit("the chain has events (newest seq %d) but no MAC at all although this store has an audit key: "+
+			"it was written before the key existed, or its MACs were removed; verify it, then open the store with AdoptUnkeyedChain", l.seq)
 	case l.head.MAC == "":
 		return errAudit("the recorded head carries no MAC although the newest event (seq %d) has one", l.seq)
 	case !key.VerifyHead(l.head.Seq, l.head.Hash, l.head.MAC):

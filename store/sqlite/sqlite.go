@@ -37,10 +37,18 @@ type Options struct {
 	// lock before failing with SERVICE_UNAVAILABLE. Default 10s.
 	BusyTimeout time.Duration
 	// AuditKey keys the audit chain: every event appended gets a MAC and
-	// the recorded head is signed (see AppendAudit). Events from before the
-	// key existed keep verifying by hash. Without a key the chain is
-	// hash-only, and appending to a chain that is already keyed fails.
+	// the recorded head is signed (see AppendAudit). Without a key the
+	// chain is hash-only, and appending to a chain that is already keyed
+	// fails; with one, appending to a chain that has events but no MAC
+	// fails unless it is adopted (AdoptUnkeyedChain).
 	AuditKey *agentotp.AuditKey
+	// AdoptUnkeyedChain lets a store with an AuditKey take on a chain that
+	// has events but no MAC at all, marking from where it is keyed with an
+	// audit_keyed event. Without it such a chain refuses writes: it is
+	// either one written before the key existed, or a keyed one whose MACs
+	// were removed, and only someone who has verified it can tell. A
+	// database migrated here from before keyed audit is adopted without it.
+	AdoptUnkeyedChain bool
 }
 
 // Store is an agentotp.Store in one SQLite file.
@@ -80,6 +88,13 @@ type Store struct {
 	agentByKeyHash *sql.Stmt
 	userByKeyHash  *sql.Stmt
 	prepared       []*sql.Stmt // every statement above, for Close
+
+	// adopting lets checkLink pass the unkeyed chain that adoptChain is
+	// keying; only the writer touches it.
+	adopting bool
+	// migratedToMACs is set by migrate when it added the MAC columns: the
+	// chain was written before keyed audit existed.
+	migratedToMACs bool
 
 	// lastHead is the chain's newest link as the last batch left it, and
 	// lastVersion the data_version SQLite reported to the writer in that
@@ -165,6 +180,12 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 	if err := s.prepare(ctx); err != nil {
 		s.Close()
 		return nil, err
+	}
+	if s.auditKey != nil && (opts.AdoptUnkeyedChain || s.migratedToMACs) {
+		if err := s.adoptChain(ctx); err != nil {
+			s.Close()
+			return nil, err
+		}
 	}
 	return s, nil
 }
