@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -329,6 +330,13 @@ func (e *Engine) startWatch() error {
 }
 
 func (e *Engine) relevant(name string) bool {
+	// A Kubernetes ConfigMap or Secret volume updates by swapping its
+	// ..data symlink, which the visible files point through, so no event
+	// names them. Only the watched directories report events, so any
+	// ..name is one of theirs.
+	if strings.HasPrefix(filepath.Base(name), "..") {
+		return true
+	}
 	for _, p := range e.opts.Paths {
 		if filepath.Clean(p) == filepath.Clean(name) {
 			return true

@@ -615,6 +615,85 @@ func TestReloadKeepsLastGoodSet(t *testing.T) {
 	require.NoError(t, e.Close())
 }
 
+// Every way a file changes reloads once, including the update of a
+// Kubernetes ConfigMap volume, which swaps a symlink and names no policy
+// file.
+func TestWatchReloads(t *testing.T) {
+	rule := func(name string) string {
+		return "- {name: " + name + ", action: auto_approve, conditions: {action: {equals: a}}}\n"
+	}
+	write := func(t *testing.T, file, s string) { require.NoError(t, os.WriteFile(file, []byte(s), 0o600)) }
+	// configMap projects policy.yaml into dir as the kubelet does: the file
+	// in a new timestamped directory, ..data renamed to point at it, the old
+	// directory removed, and policy.yaml -> ..data/policy.yaml.
+	configMap := func(t *testing.T, dir, ts, s string) {
+		require.NoError(t, os.Mkdir(filepath.Join(dir, ts), 0o755))
+		write(t, filepath.Join(dir, ts, "policy.yaml"), s)
+		old, _ := os.Readlink(filepath.Join(dir, "..data"))
+		require.NoError(t, os.Symlink(ts, filepath.Join(dir, "..data_tmp")))
+		require.NoError(t, os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")))
+		if old == "" {
+			require.NoError(t, os.Symlink(filepath.Join("..data", "policy.yaml"), filepath.Join(dir, "policy.yaml")))
+		} else {
+			require.NoError(t, os.RemoveAll(filepath.Join(dir, old)))
+		}
+	}
+	for _, tc := range []struct {
+		name   string
+		watch  string // in the temp dir; "" watches the dir
+		setup  func(t *testing.T, dir string)
+		change func(t *testing.T, dir string)
+	}{
+		{"edit in place", "",
+			func(t *testing.T, dir string) { write(t, filepath.Join(dir, "p.yaml"), rule("v1")) },
+			func(t *testing.T, dir string) { write(t, filepath.Join(dir, "p.yaml"), rule("v2")) }},
+		{"rename over", "p.yaml",
+			func(t *testing.T, dir string) { write(t, filepath.Join(dir, "p.yaml"), rule("v1")) },
+			func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "p.yaml.tmp"), rule("v2"))
+				require.NoError(t, os.Rename(filepath.Join(dir, "p.yaml.tmp"), filepath.Join(dir, "p.yaml")))
+			}},
+		{"delete", "",
+			func(t *testing.T, dir string) {
+				write(t, filepath.Join(dir, "a.yaml"), rule("v1"))
+				write(t, filepath.Join(dir, "b.yaml"), rule("v2"))
+			},
+			func(t *testing.T, dir string) { require.NoError(t, os.Remove(filepath.Join(dir, "a.yaml"))) }},
+		{"configmap dir", "",
+			func(t *testing.T, dir string) { configMap(t, dir, "..2026_03_10_12_00_00.1", rule("v1")) },
+			func(t *testing.T, dir string) { configMap(t, dir, "..2026_03_10_12_05_00.2", rule("v2")) }},
+		{"configmap file", "policy.yaml",
+			func(t *testing.T, dir string) { configMap(t, dir, "..2026_03_10_12_00_00.1", rule("v1")) },
+			func(t *testing.T, dir string) { configMap(t, dir, "..2026_03_10_12_05_00.2", rule("v2")) }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			tc.setup(t, dir)
+			reloads := make(chan error, 16)
+			e, err := New(context.Background(), Options{Paths: []string{filepath.Join(dir, tc.watch)}, Watch: true, Debounce: 20 * time.Millisecond,
+				OnReload: func(_ context.Context, _ string, err error) { reloads <- err }})
+			require.NoError(t, err)
+			defer e.Close()
+			decide := func() string {
+				d, err := e.Evaluate(context.Background(), agentotp.EvalInput{Action: "a", Now: t0})
+				require.NoError(t, err)
+				return d.Rule
+			}
+			require.Equal(t, "v1", decide())
+			v1 := e.Version()
+			tc.change(t, dir)
+			require.Eventually(t, func() bool { return e.Version() != v1 }, 5*time.Second, 10*time.Millisecond)
+			require.Equal(t, "v2", decide())
+			// Wait out a late reload: the change is reported once and no
+			// reload on the way failed.
+			time.Sleep(100 * time.Millisecond)
+			require.NoError(t, e.Close())
+			require.Len(t, reloads, 1)
+			require.NoError(t, <-reloads)
+		})
+	}
+}
+
 func TestLocalAndTime(t *testing.T) {
 	loc, err := time.LoadLocation("America/New_York")
 	require.NoError(t, err)
