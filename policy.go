@@ -82,12 +82,22 @@ func (s *Service) validatePolicy(pol *Policy) error {
 	return nil
 }
 
-func (s *Service) reloadPolicies(ctx context.Context) {
-	if r, ok := s.eval.(PolicyReloader); ok {
-		if err := r.Reload(ctx); err != nil {
-			s.log.Error("policy reload after change failed", "err", err)
-		}
+// reloadPolicies reloads the rules after a policy change. A failure (a
+// store error, a policy file broken meanwhile) leaves the last good set in
+// force, so the sweep tries again until a reload succeeds: the change must
+// not wait for the next unrelated one.
+func (s *Service) reloadPolicies(ctx context.Context) error {
+	r, ok := s.eval.(PolicyReloader)
+	if !ok {
+		return nil
 	}
+	if err := r.Reload(ctx); err != nil {
+		s.policyReloadDue.Store(true)
+		s.log.Error("policy reload after change failed; tried again at the next sweep", "err", err)
+		return err
+	}
+	s.policyReloadDue.Store(false)
+	return nil
 }
 
 func policyDetails(pol *Policy) map[string]any {

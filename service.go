@@ -66,6 +66,9 @@ type Service struct {
 	// policyCursor is the newest policy change followPolicies has seen
 	// (-1: not looked yet).
 	policyCursor atomic.Int64
+	// policyReloadDue is set while a reload after a policy change has
+	// failed: the sweep tries again until one succeeds.
+	policyReloadDue atomic.Bool
 
 	callbackHosts []CallbackHost
 	maxObject     int   // Options.MaxRequestObjectBytes

@@ -110,23 +110,20 @@ func (s *Service) followPolicies(ctx context.Context) {
 	if err != nil {
 		return // try again next sweep, from the same place
 	}
-	if from < 0 || head <= from {
-		// First look (start from the present), or nothing new.
-		s.policyCursor.Store(max(head, from))
-		return
-	}
-	changed := false
-	for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
-		// Only the events since the last sweep: the cursor moves to the
-		// head every time, so each sweep reads what is new, once.
-		events, err := s.store.AuditEvents(ctx, AuditFilter{Type: t, AfterSeq: from, BeforeSeq: head + 1, Ascending: true, Limit: 1})
-		if err != nil {
-			return
+	changed := s.policyReloadDue.Load()
+	if from >= 0 && head > from { // not the first look (which starts from the present)
+		for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
+			// Only the events since the last sweep: the cursor moves to the
+			// head every time, so each sweep reads what is new, once.
+			events, err := s.store.AuditEvents(ctx, AuditFilter{Type: t, AfterSeq: from, BeforeSeq: head + 1, Ascending: true, Limit: 1})
+			if err != nil {
+				return
+			}
+			changed = changed || len(events) > 0
 		}
-		changed = changed || len(events) > 0
 	}
-	if changed {
-		s.reloadPolicies(ctx)
+	if changed && s.reloadPolicies(ctx) != nil {
+		return // the cursor stays: the next sweep tries again
 	}
-	s.policyCursor.Store(head)
+	s.policyCursor.Store(max(head, from))
 }
