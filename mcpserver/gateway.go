@@ -19,8 +19,6 @@ import (
 
 	"github.com/mark3labs/mcp-go/mcp"
 	"github.com/mark3labs/mcp-go/server"
-
-	"github.com/agentotp/agentotp"
 )
 
 // Downstream transports.
@@ -96,7 +94,7 @@ type Gateway struct {
 	version string
 	mcp     *server.MCPServer
 	shell   *Server // the transports and error wording of Server
-	guard   *agentotp.Guard
+	guard   *guards // pending calls, per agent
 	stderr  io.Writer
 	opts    GatewayOptions
 	down    []*downstream
@@ -156,7 +154,7 @@ func NewGateway(opts GatewayOptions) (*Gateway, error) {
 		return nil, errors.New("gateway: no downstream servers")
 	}
 	g := &Gateway{
-		log: opts.Logger, version: opts.Version, guard: agentotp.NewGuard(opts.Wait),
+		log: opts.Logger, version: opts.Version, guard: newGuards(opts.Wait),
 		stderr: opts.Stderr, opts: opts,
 	}
 	seen := map[string]bool{}

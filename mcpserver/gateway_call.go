@@ -50,7 +50,7 @@ func (g *Gateway) gate(ctx context.Context, call gatewayCall) (*dsConn, *agentot
 	}
 	// Asked and, when allowed at once, spent in the same step (one durable
 	// commit in process): the call runs right after, at most once.
-	v, ok, msg, err := g.guard.AskAndSpend(ctx, a.perms, key, call.name, call.req, details)
+	v, ok, msg, err := g.guard.of(a.identity).AskAndSpend(ctx, a.perms, key, call.name, call.req, details)
 	if err != nil {
 		return nil, nil, "agentotp could not decide, so " + call.name + " did not run: " + resultText(g.shell.errorResult(ctx, call.name, err))
 	}

@@ -103,6 +103,12 @@ func (h *httpTransport) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	switch r.URL.Path {
 	case h.path:
+		// mcp-go checks a POST's session with the manager, but opens a GET
+		// stream on any session id and answers a refused DELETE with 500.
+		if id := r.Header.Get(server.HeaderKeySessionID); r.Method != http.MethodPost && id != "" && !h.owners.owns(id, a.identity) {
+			http.Error(w, "Invalid session ID", http.StatusNotFound)
+			return
+		}
 		h.streamable.ServeHTTP(w, r)
 	case h.path + "/sse":
 		// Learn the id the stream is given, and forget it when it ends.

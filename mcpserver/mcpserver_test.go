@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"flag"
+	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -426,20 +427,33 @@ func TestSessionsAreBoundToTheirAgent(t *testing.T) {
 	sid := c.GetSessionId()
 	require.NotEmpty(t, sid)
 	body := `{"jsonrpc":"2.0","id":7,"method":"tools/list"}`
-	send := func(key agentotp.Secret) int {
-		req, _ := http.NewRequest(http.MethodPost, e.url+"/mcp", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set("Accept", "application/json, text/event-stream")
-		req.Header.Set("Mcp-Session-Id", sid)
-		req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
-		req.Header.Set("Authorization", "Bearer "+key.Reveal())
-		resp, err := http.DefaultClient.Do(req)
-		require.NoError(t, err)
-		resp.Body.Close()
-		return resp.StatusCode
+	for _, tc := range []struct {
+		name, method string
+		key          agentotp.Secret
+		want         int
+	}{
+		{"owner posts", http.MethodPost, e.keys[0], http.StatusOK},
+		{"another agent posts", http.MethodPost, e.keys[1], http.StatusNotFound},
+		{"owner listens", http.MethodGet, e.keys[0], http.StatusOK},
+		{"another agent listens", http.MethodGet, e.keys[1], http.StatusNotFound},
+		{"another agent ends it", http.MethodDelete, e.keys[1], http.StatusNotFound},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The listening stream stays open: end it with the test.
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			req, _ := http.NewRequestWithContext(ctx, tc.method, e.url+"/mcp", strings.NewReader(body))
+			req.Header.Set("Content-Type", "application/json")
+			req.Header.Set("Accept", "application/json, text/event-stream")
+			req.Header.Set("Mcp-Session-Id", sid)
+			req.Header.Set("Mcp-Protocol-Version", "2025-11-25")
+			req.Header.Set("Authorization", "Bearer "+tc.key.Reveal())
+			resp, err := http.DefaultClient.Do(req)
+			require.NoError(t, err)
+			resp.Body.Close()
+			require.Equal(t, tc.want, resp.StatusCode)
+		})
 	}
-	require.Equal(t, http.StatusOK, send(e.keys[0]))
-	require.Equal(t, http.StatusNotFound, send(e.keys[1]))
 
 	// SSE: open a stream as A, then post to its session as B.
 	req, _ := http.NewRequest(http.MethodGet, e.url+"/mcp/sse", nil)
@@ -546,6 +560,27 @@ func TestApprovalPromptPicksUpALaterDecision(t *testing.T) {
 	n, err := e.svc.Store().CountPermissions(context.Background(), e.agents[0].Agent.ID, "*", time.Time{}, nil)
 	require.NoError(t, err)
 	require.EqualValues(t, 1, n, "asking again must not create a second request")
+}
+
+// One agent's calls cannot make the server forget another's pending
+// approval_prompt calls: the same call asked again still picks up the
+// request already waiting for a person.
+func TestApprovalPromptKeepsEachAgentsPendingCalls(t *testing.T) {
+	e := newEnv(t, mcpserver.Options{PromptWait: time.Millisecond})
+	alpha, beta := e.httpClient(t, e.keys[0]), e.httpClient(t, e.keys[1])
+	pending := func(c *client.Client, cmd string) string {
+		t.Helper()
+		r := call(t, c, "approval_prompt", map[string]any{"tool_name": "Write", "input": map[string]any{"cmd": cmd}})
+		_, id, ok := strings.Cut(r.text, "approval pending (")
+		require.True(t, ok, r.text)
+		id, _, _ = strings.Cut(id, ")")
+		return id
+	}
+	first := pending(alpha, "deploy")
+	for i := range 1001 {
+		call(t, beta, "approval_prompt", map[string]any{"tool_name": "Write", "input": map[string]any{"cmd": fmt.Sprint("junk-", i)}})
+	}
+	require.Equal(t, first, pending(alpha, "deploy"))
 }
 
 // The tool definitions are a contract with every client: golden files,

@@ -65,7 +65,7 @@ type Server struct {
 	mcp        *server.MCPServer
 	log        *slog.Logger
 	promptWait time.Duration
-	prompts    *agentotp.Guard // approval_prompt's calls
+	prompts    *guards // approval_prompt's calls
 }
 
 // New returns the server with its tools registered.
@@ -79,7 +79,7 @@ func New(opts Options) *Server {
 	if opts.PromptWait <= 0 || opts.PromptWait > MaxWait {
 		opts.PromptWait = MaxWait
 	}
-	s := &Server{log: opts.Logger, promptWait: opts.PromptWait, prompts: agentotp.NewGuard(opts.PromptWait)}
+	s := &Server{log: opts.Logger, promptWait: opts.PromptWait, prompts: newGuards(opts.PromptWait)}
 	s.mcp = server.NewMCPServer("agentotp", opts.Version,
 		server.WithToolCapabilities(false),
 		server.WithLogging(),
