@@ -110,8 +110,10 @@ func (s *Service) followPolicies(ctx context.Context) {
 	if err != nil {
 		return // try again next sweep, from the same place
 	}
-	changed := s.policyReloadDue.Load()
-	if from >= 0 && head > from { // not the first look (which starts from the present)
+	// The first look reloads once: a change made after the rules were
+	// loaded but before it would otherwise be passed over.
+	changed := s.policyReloadDue.Load() || from < 0
+	if from >= 0 && head > from {
 		for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
 			// Only the events since the last sweep: the cursor moves to the
 			// head every time, so each sweep reads what is new, once.

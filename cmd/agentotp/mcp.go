@@ -147,14 +147,17 @@ func embeddedAgent(ctx context.Context, cfg Config, logger *slog.Logger, key age
 	if err != nil {
 		return nil, "", nil, err
 	}
-	p, err := a.svc.Authenticate(ctx, key.Reveal())
+	// Held for the process's life: the session authenticates the key at
+	// every call, so disabling, deleting or re-keying the agent (from the
+	// CLI, say) stops it within a second.
+	session, err := a.svc.AgentSessionForKey(ctx, key)
 	if err != nil {
 		a.Close()
 		return nil, "", nil, fmt.Errorf("agent key: %w", err)
 	}
 	sweepCtx, stopSweep := context.WithCancel(ctx)
 	go a.svc.RunSweeper(sweepCtx, time.Second)
-	return a.svc.AgentSession(p), "agent:" + string(p.Agent.ID), func() { stopSweep(); a.Close() }, nil
+	return session, "agent:" + string(session.Agent().ID), func() { stopSweep(); a.Close() }, nil
 }
 
 // agentKey is the first of keys that is set, else AGENTOTP_API_KEY (or
