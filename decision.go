@@ -83,9 +83,11 @@ type Evaluator interface {
 }
 
 // UseChecker is implemented by evaluators that check useWhen expressions.
-// A non-nil error rejects the use (the token is not spent).
+// agent is the permission's agent as it is at the use (its name and
+// metadata may have changed since the request). A non-nil error rejects
+// the use (the token is not spent).
 type UseChecker interface {
-	CheckUse(ctx context.Context, p *Permission, details map[string]any, now time.Time) error
+	CheckUse(ctx context.Context, agent *Agent, p *Permission, details map[string]any, now time.Time) error
 }
 
 // PolicyValidator is implemented by evaluators that can compile a stored

@@ -1,6 +1,7 @@
 package agentotp_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -49,5 +50,40 @@ func TestAgentSessionForKeyFollowsTheAgent(t *testing.T) {
 			}, 3*time.Second, 50*time.Millisecond, "no new permission")
 			require.Error(t, s.Spend(f.ctx, perm.ID, tok, nil), "no use of an old one")
 		})
+	}
+}
+
+// useCapture auto-approves with a use condition and records the agent
+// CheckUse is given.
+type useCapture struct{ agents []*agentotp.Agent }
+
+func (u *useCapture) Evaluate(context.Context, agentotp.EvalInput) (agentotp.Decision, error) {
+	return agentotp.Decision{Effect: agentotp.EffectAutoApprove, Rule: "r", UseWhen: "true"}, nil
+}
+
+func (u *useCapture) CheckUse(_ context.Context, a *agentotp.Agent, _ *agentotp.Permission, _ map[string]any, _ time.Time) error {
+	u.agents = append(u.agents, a)
+	return nil
+}
+
+// A use condition sees the agent whole (name, metadata), at a use and at
+// a use spent with its request.
+func TestUseConditionSeesTheAgent(t *testing.T) {
+	u := &useCapture{}
+	f := newFixture(t, func(o *agentotp.Options) { o.Evaluator = u })
+	_, key, err := f.svc.CreateAgent(f.ctx, f.admin, agentotp.AgentInput{Name: "payer", Metadata: map[string]any{"tier": "restricted"}})
+	require.NoError(t, err)
+	p, err := f.svc.Authenticate(f.ctx, key.Reveal())
+	require.NoError(t, err)
+	perm, tok, err := f.svc.RequestPermission(f.ctx, p, agentotp.PermissionRequest{Action: "x"})
+	require.NoError(t, err)
+	_, err = f.svc.Use(f.ctx, p, perm.ID, tok.Reveal(), nil)
+	require.NoError(t, err)
+	_, _, _, err = f.svc.RequestAndUse(f.ctx, p, agentotp.PermissionRequest{Action: "x"}, nil)
+	require.NoError(t, err)
+	require.Len(t, u.agents, 2)
+	for _, a := range u.agents {
+		require.Equal(t, "payer", a.Name)
+		require.Equal(t, "restricted", a.Metadata["tier"])
 	}
 }

@@ -98,7 +98,7 @@ func (s *Service) Use(ctx context.Context, p Principal, id PermissionID, token s
 		reason = s.recheck(ctx, p, perm, now)
 	}
 	if reason == "" {
-		reason = s.useWhen(ctx, perm, details, now)
+		reason = s.useWhen(ctx, p.Agent, perm, details, now)
 	}
 
 	var res UseResult
@@ -361,7 +361,7 @@ func (s *Service) spendFirst(ctx context.Context, p Principal, perm *Permission,
 	left := usable(perm, now)
 	reason := checkUse(perm, details)
 	if reason == "" {
-		reason = s.useWhen(ctx, perm, details, now)
+		reason = s.useWhen(ctx, p.Agent, perm, details, now)
 	}
 	if reason == "" && left < 1 {
 		// Not reached by a validated request (a token lives 30 s or more,
@@ -408,7 +408,7 @@ func rejectedUse(reason string, details map[string]any) map[string]any {
 
 // useWhen applies the policy's use condition, if the decision has one, and
 // explains a refusal. A condition nobody here can check is not met.
-func (s *Service) useWhen(ctx context.Context, perm *Permission, details map[string]any, now time.Time) string {
+func (s *Service) useWhen(ctx context.Context, agent *Agent, perm *Permission, details map[string]any, now time.Time) string {
 	if perm.Decision.UseWhen == "" {
 		return ""
 	}
@@ -416,7 +416,7 @@ func (s *Service) useWhen(ctx context.Context, perm *Permission, details map[str
 	if !ok {
 		return "refused: the policy's use condition cannot be checked by this server"
 	}
-	if err := uc.CheckUse(ctx, perm, details, now); err != nil {
+	if err := uc.CheckUse(ctx, agent, perm, details, now); err != nil {
 		return "refused by policy: " + errMessage(err)
 	}
 	return ""

@@ -218,9 +218,10 @@ func (e *Engine) FilePolicies() []*agentotp.Policy { return e.active.Load().File
 const maxUseCache = 1024
 
 // CheckUse implements agentotp.UseChecker: the permission's useWhen is
-// evaluated with request (rebuilt from the permission), scope (the
-// granted scope), details and now. False or an error rejects the use.
-func (e *Engine) CheckUse(ctx context.Context, p *agentotp.Permission, details map[string]any, now time.Time) error {
+// evaluated with request (rebuilt from the permission, with agent as its
+// agent), scope (the granted scope), details and now. False or an error
+// rejects the use.
+func (e *Engine) CheckUse(ctx context.Context, agent *agentotp.Agent, p *agentotp.Permission, details map[string]any, now time.Time) error {
 	expr := p.Decision.UseWhen
 	if expr == "" {
 		return nil
@@ -232,7 +233,12 @@ func (e *Engine) CheckUse(ctx context.Context, p *agentotp.Permission, details m
 	if err != nil {
 		return &agentotp.Error{Code: agentotp.CodeValidation, Message: "use refused: the grant's use condition does not compile", Err: err}
 	}
-	in := agentotp.EvalInput{Agent: &agentotp.Agent{ID: p.AgentID}, Action: p.Action, Resource: p.Resource, Scope: p.Scope, Context: p.Context, Now: now}
+	if agent == nil || agent.ID != p.AgentID {
+		// request.agent must be the permission's: without the agent at
+		// hand, its id alone (name and metadata empty).
+		agent = &agentotp.Agent{ID: p.AgentID}
+	}
+	in := agentotp.EvalInput{Agent: agent, Action: p.Action, Resource: p.Resource, Scope: p.Scope, Context: p.Context, Now: now}
 	act := &useActivation{activation: activation{in: &in, set: e.active.Load(), ctx: ctx}, scope: jsonVal(p.GrantedScope), details: jsonVal(details)}
 	v, _, err := prg.Eval(act)
 	if err != nil {

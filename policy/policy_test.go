@@ -518,24 +518,34 @@ func TestCheckUse(t *testing.T) {
 		GrantedScope: map[string]any{"max_emails": 1.0},
 		Decision:     agentotp.Decision{UseWhen: `details.recipient == request.resource.split(":")[1] && size(details) <= 2`},
 	}
-	require.NoError(t, e.CheckUse(context.Background(), perm, map[string]any{"recipient": "bob@x.com"}, t0))
-	err = e.CheckUse(context.Background(), perm, map[string]any{"recipient": "eve@x.com"}, t0)
+	require.NoError(t, e.CheckUse(context.Background(), nil, perm, map[string]any{"recipient": "bob@x.com"}, t0))
+	err = e.CheckUse(context.Background(), nil, perm, map[string]any{"recipient": "eve@x.com"}, t0)
 	require.Error(t, err)
 	require.Equal(t, agentotp.CodeValidation, agentotp.ErrorCode(err))
 	require.Contains(t, err.Error(), "outside the granted conditions")
 	// Missing detail: evaluation error, rejected too.
-	err = e.CheckUse(context.Background(), perm, map[string]any{}, t0)
+	err = e.CheckUse(context.Background(), nil, perm, map[string]any{}, t0)
 	require.Error(t, err)
 	require.Equal(t, agentotp.CodeValidation, agentotp.ErrorCode(err))
 	// An expression that does not compile rejects.
 	perm.Decision.UseWhen = "details.x +"
-	require.Error(t, e.CheckUse(context.Background(), perm, map[string]any{}, t0))
+	require.Error(t, e.CheckUse(context.Background(), nil, perm, map[string]any{}, t0))
 	// No useWhen: nothing to check.
 	perm.Decision.UseWhen = ""
-	require.NoError(t, e.CheckUse(context.Background(), perm, nil, t0))
+	require.NoError(t, e.CheckUse(context.Background(), nil, perm, nil, t0))
 	// now and local are available.
 	perm.Decision.UseWhen = "now < timestamp('2027-01-01T00:00:00Z') && local.year == 2026"
-	require.NoError(t, e.CheckUse(context.Background(), perm, nil, t0))
+	require.NoError(t, e.CheckUse(context.Background(), nil, perm, nil, t0))
+
+	// The agent as it is at the use: its metadata counts, so a condition
+	// on it cannot pass for want of it.
+	perm.Decision.UseWhen = `request.agent.metadata.?tier.orValue("") != "restricted" || details.amount < 100.0`
+	restricted := &agentotp.Agent{ID: "agt_1", Name: "payer", Metadata: map[string]any{"tier": "restricted"}}
+	require.Error(t, e.CheckUse(context.Background(), restricted, perm, map[string]any{"amount": 5000.0}, t0))
+	require.NoError(t, e.CheckUse(context.Background(), restricted, perm, map[string]any{"amount": 50.0}, t0))
+	other := &agentotp.Agent{ID: "agt_2", Metadata: map[string]any{"tier": "gold"}}
+	require.NoError(t, e.CheckUse(context.Background(), nil, perm, map[string]any{"amount": 5000.0}, t0), "no agent: its id alone")
+	require.NoError(t, e.CheckUse(context.Background(), other, perm, map[string]any{"amount": 5000.0}, t0), "another agent is not taken for the permission's")
 }
 
 func TestReloadKeepsLastGoodSet(t *testing.T) {
