@@ -10,7 +10,9 @@ import (
 
 // PermissionCounter counts an agent's permissions for policy budgets. The
 // Store counts what is committed; a Tx counts inside the writer, seeing
-// the writes ordered before it.
+// the writes ordered before it. A count of StatusUsed includes every grant
+// a use was spent from: also one revoked or expired after that use, so
+// that ending a grant does not give its uses back to a budget.
 type PermissionCounter interface {
 	CountPermissions(ctx context.Context, agent AgentID, actionPattern string, since time.Time, statuses []Status) (int, error)
 }

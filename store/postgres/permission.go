@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -303,10 +304,18 @@ func countQuery(agent agentotp.AgentID, actionPattern string, since time.Time, s
 			st[i] = string(s)
 		}
 		args = append(args, st)
-		q += " AND status = ANY($" + strconv.Itoa(len(args)) + ")"
+		cond := "status = ANY($" + strconv.Itoa(len(args)) + ")"
+		if slices.Contains(statuses, agentotp.StatusUsed) {
+			cond = "(" + cond + " OR " + endedAfterUse + ")"
+		}
+		q += " AND " + cond
 	}
 	return q, args
 }
+
+// endedAfterUse is a grant revoked or expired after a use was spent, which
+// a count of "used" permissions includes (see agentotp.PermissionCounter).
+const endedAfterUse = "status IN ('revoked', 'expired') AND token_hash IS NOT NULL AND uses_remaining < uses"
 
 // likePattern turns a pattern in which only '*' is special into a LIKE
 // pattern: LIKE's own metacharacters become literal.

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -251,13 +252,21 @@ func countQuery(agent agentotp.AgentID, actionPattern string, since time.Time, s
 		q, args = q+" AND created_at >= ?", append(args, since.UnixNano())
 	}
 	if len(statuses) > 0 {
-		q += " AND status IN (?" + strings.Repeat(", ?", len(statuses)-1) + ")"
+		cond := "status IN (?" + strings.Repeat(", ?", len(statuses)-1) + ")"
 		for _, st := range statuses {
 			args = append(args, string(st))
 		}
+		if slices.Contains(statuses, agentotp.StatusUsed) {
+			cond = "(" + cond + " OR " + endedAfterUse + ")"
+		}
+		q += " AND " + cond
 	}
 	return q, args
 }
+
+// endedAfterUse is a grant revoked or expired after a use was spent, which
+// a count of "used" permissions includes (see agentotp.PermissionCounter).
+const endedAfterUse = "status IN ('revoked', 'expired') AND token_hash IS NOT NULL AND uses_remaining < uses"
 
 // globPattern keeps '*' as GLOB's wildcard and makes GLOB's other
 // metacharacters literal by putting each in a one-character class ('['

@@ -1331,6 +1331,38 @@ func testCountPermissions(t *testing.T, s agentotp.Store) {
 			require.Equal(t, tc.want, n)
 		})
 	}
+
+	// "used" counts every grant a use was spent from, also one revoked or
+	// expired after it: ending a grant must not give its uses back to a
+	// budget.
+	c := createAgent(t, s, "count-c")
+	grant := func(uses, left int, st agentotp.Status, token bool) {
+		p, _ := approved(c.ID, uses, at(time.Hour))
+		p.UsesRemaining, p.Status = left, st
+		if !token {
+			p.TokenHash, p.TokenIssuedAt = "", time.Time{}
+		}
+		createPermission(t, s, p)
+	}
+	grant(3, 1, agentotp.StatusRevoked, true)  // two uses, then revoked: counts
+	grant(2, 1, agentotp.StatusExpired, true)  // a use, then expired: counts
+	grant(2, 2, agentotp.StatusRevoked, true)  // revoked unused: does not
+	grant(1, 0, agentotp.StatusExpired, false) // pending until it expired: does not
+	grant(1, 0, agentotp.StatusUsed, true)     // used up: counts
+	for _, tc := range []struct {
+		statuses []agentotp.Status
+		want     int
+	}{
+		{[]agentotp.Status{agentotp.StatusUsed}, 3},
+		{[]agentotp.Status{agentotp.StatusApproved, agentotp.StatusUsed}, 3},
+		{[]agentotp.Status{agentotp.StatusRevoked}, 2},
+		{[]agentotp.Status{agentotp.StatusExpired}, 2},
+		{nil, 5},
+	} {
+		n, err := s.CountPermissions(ctx, c.ID, "*", time.Time{}, tc.statuses)
+		require.NoError(t, err)
+		require.Equal(t, tc.want, n, "%v", tc.statuses)
+	}
 }
 
 // testConcurrentUpdatesIsolated runs many Updates at once, some failing
