@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -455,15 +456,7 @@ func TestGateway(t *testing.T) {
 	t.Run("progress notifications pass through", func(t *testing.T) {
 		e := newGWEnv(t, "NORMAL")
 		_, c := startGateway(t, e, mcpserver.GatewayOptions{Servers: []mcpserver.Downstream{stdioServer("dst", bin, filepath.Join(t.TempDir(), "log"))}})
-		var mu sync.Mutex
-		var got []map[string]any
-		c.OnNotification(func(n mcp.JSONRPCNotification) {
-			if n.Method == string(mcp.MethodNotificationProgress) {
-				mu.Lock()
-				got = append(got, n.Params.AdditionalFields)
-				mu.Unlock()
-			}
-		})
+		progress := progressOf(c)
 		var req mcp.CallToolRequest
 		req.Params.Name, req.Params.Arguments = "dst__slow", map[string]any{"steps": 3}
 		req.Params.Meta = &mcp.Meta{ProgressToken: "my-token"}
@@ -472,12 +465,8 @@ func TestGateway(t *testing.T) {
 		res, err := c.CallTool(ctx, req)
 		require.NoError(t, err)
 		require.False(t, res.IsError)
-		require.Eventually(t, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(got) == 3
-		}, 5*time.Second, 10*time.Millisecond)
-		for i, n := range got {
+		require.Eventually(t, func() bool { return len(progress()) == 3 }, 5*time.Second, 10*time.Millisecond)
+		for i, n := range progress() {
 			require.Equal(t, "my-token", n["progressToken"])
 			require.EqualValues(t, i+1, n["progress"])
 			require.EqualValues(t, 3, n["total"])
@@ -488,15 +477,7 @@ func TestGateway(t *testing.T) {
 		e := newGWEnv(t, "NORMAL")
 		_, c := startGateway(t, e, mcpserver.GatewayOptions{Servers: []mcpserver.Downstream{
 			stdioServer("a", bin, filepath.Join(t.TempDir(), "log")), stdioServer("b", bin, filepath.Join(t.TempDir(), "log"))}})
-		var mu sync.Mutex
-		var got []map[string]any
-		c.OnNotification(func(n mcp.JSONRPCNotification) {
-			if n.Method == string(mcp.MethodNotificationProgress) {
-				mu.Lock()
-				got = append(got, n.Params.AdditionalFields)
-				mu.Unlock()
-			}
-		})
+		progress := progressOf(c)
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
 		done := make(chan error, 1)
@@ -507,21 +488,12 @@ func TestGateway(t *testing.T) {
 			_, err := c.CallTool(ctx, req)
 			done <- err
 		}()
-		require.Eventually(t, func() bool { // a's call is running
-			mu.Lock()
-			defer mu.Unlock()
-			return len(got) > 0
-		}, 5*time.Second, time.Millisecond)
+		require.Eventually(t, func() bool { return len(progress()) > 0 }, 5*time.Second, time.Millisecond) // a's call is running
 		r := call(t, c, "b__spray_progress", map[string]any{"n": 20})
 		require.False(t, r.isError, r.text)
 		require.NoError(t, <-done)
-		require.Eventually(t, func() bool {
-			mu.Lock()
-			defer mu.Unlock()
-			return len(got) >= 20
-		}, 5*time.Second, time.Millisecond)
-		mu.Lock()
-		defer mu.Unlock()
+		require.Eventually(t, func() bool { return len(progress()) >= 20 }, 5*time.Second, time.Millisecond)
+		got := progress()
 		require.Len(t, got, 20, "a's own steps, and nothing else")
 		for _, n := range got {
 			require.Equal(t, "mine", n["progressToken"])
@@ -647,6 +619,25 @@ func TestGateway(t *testing.T) {
 		require.Equal(t, "echo: over sse", r.text)
 		require.Equal(t, []dsCall{{"echo", map[string]any{"text": "over sse"}}}, downstreamCalls(t, log, ""))
 	})
+}
+
+// progressOf collects the progress notifications c receives, and returns
+// what it has so far.
+func progressOf(c *client.Client) func() []map[string]any {
+	var mu sync.Mutex
+	var got []map[string]any
+	c.OnNotification(func(n mcp.JSONRPCNotification) {
+		if n.Method == string(mcp.MethodNotificationProgress) {
+			mu.Lock()
+			got = append(got, n.Params.AdditionalFields)
+			mu.Unlock()
+		}
+	})
+	return func() []map[string]any {
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(got)
+	}
 }
 
 // startHTTPDownstream runs the downstream binary over streamable HTTP and
