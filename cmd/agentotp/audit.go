@@ -167,8 +167,8 @@ func printAuditReport(w io.Writer, rep agentotp.AuditReport, details bool) {
 	switch {
 	case rep.KeyID == "":
 		fmt.Fprintln(w, "MACs: not checked (no audit key)")
-	case rep.KeyedFrom == 0 && rep.Checked > 0 && rep.BadSeq == 0:
-		fmt.Fprintf(w, "MACs: no event carries one yet: all %d were written before the audit key existed and are checked by hash only (key %s)\n", rep.Unkeyed, rep.KeyID)
+	case rep.KeyedFrom == 0 && rep.Checked > 0:
+		fmt.Fprintf(w, "MACs: none of the %d events carries one, though key %s was given: the chain was never keyed with it, or its MACs were removed\n", rep.Unkeyed, rep.KeyID)
 	case rep.Unkeyed > 0:
 		fmt.Fprintf(w, "MACs: checked with key %s from seq %d; the %d events before it were written before the audit key existed and are checked by hash only\n", rep.KeyID, rep.KeyedFrom, rep.Unkeyed)
 	case rep.KeyedFrom > 0:
