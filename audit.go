@@ -202,6 +202,13 @@ func (v *ChainVerifier) Next(e *AuditEvent) error {
 		return &ChainError{Seq: e.Seq, Reason: "MAC does not match: the event was rewritten (its hash recomputed without the audit key)"}
 	}
 	if e.MAC != "" && v.KeyedFrom == 0 {
+		// Keying starts at the first event, or at an audit_keyed event
+		// that counts the unkeyed ones before it. Anywhere else, the
+		// events before lost their MACs (their token references with
+		// them), and a writer without the key could rewrite them.
+		if e.Seq != 1 && !adoptsBefore(e) {
+			return &ChainError{Seq: e.Seq - 1, Reason: fmt.Sprintf("carries no MAC although the chain is keyed from seq %d, where no audit_keyed event adopts the events before it (MACs removed)", e.Seq)}
+		}
 		v.KeyedFrom = e.Seq
 	}
 	v.prevSeq, v.prevHash = e.Seq, e.Hash
@@ -265,4 +272,19 @@ type AuditReport struct {
 func NewAuditKeyedEvent(key *AuditKey, now time.Time, unkeyed int64) *AuditEvent {
 	return &AuditEvent{ID: NewEventID(), Time: now, Type: EventAuditKeyed, ActorType: "system",
 		Details: map[string]any{"keyId": key.ID(), "unkeyedEvents": unkeyed}}
+}
+
+// adoptsBefore reports whether e is an audit_keyed event adopting exactly
+// the events before it.
+func adoptsBefore(e *AuditEvent) bool {
+	if e.Type != EventAuditKeyed {
+		return false
+	}
+	var d struct {
+		Unkeyed *int64 `json:"unkeyedEvents"`
+	}
+	if err := json.Unmarshal(e.DetailsJSON, &d); err != nil || d.Unkeyed == nil {
+		return false
+	}
+	return *d.Unkeyed == e.Seq-1
 }

@@ -117,15 +117,37 @@ func TestKeyedChainVerifier(t *testing.T) {
 	require.Equal(t, int64(1), v.KeyedFrom)
 	require.Zero(t, v.Unkeyed)
 
-	// Events from before the key existed are checked by hash, and counted.
-	events := chain(t, 5)
-	for _, e := range events[2:] {
-		e.MAC = k.EventMAC(e)
+	// Events from before the key existed are checked by hash, and counted,
+	// when an audit_keyed event adopts them.
+	adopted := func(marker bool, unkeyed int) []*agentotp.AuditEvent {
+		events := chain(t, 5)
+		if marker {
+			events[2].Type, events[2].DetailsJSON = agentotp.EventAuditKeyed, fmt.Appendf(nil, `{"unkeyedEvents":%d}`, unkeyed)
+			prev := events[1].Hash
+			for _, e := range events[2:] {
+				e.PrevHash = prev
+				e.Hash, _ = e.ComputeHash(prev)
+				prev = e.Hash
+			}
+		}
+		for _, e := range events[2:] {
+			e.MAC = k.EventMAC(e)
+		}
+		return events
 	}
-	v, err = verifyWith(k, events)
+	v, err = verifyWith(k, adopted(true, 2))
 	require.NoError(t, err)
 	require.Equal(t, int64(3), v.KeyedFrom)
 	require.Equal(t, int64(2), v.Unkeyed)
+	// Without one, or one that does not count them all, the events before
+	// lost their MACs.
+	for _, events := range [][]*agentotp.AuditEvent{adopted(false, 0), adopted(true, 1)} {
+		_, err = verifyWith(k, events)
+		var ce *agentotp.ChainError
+		require.ErrorAs(t, err, &ce)
+		require.Equal(t, int64(2), ce.Seq)
+		require.Contains(t, ce.Reason, "no audit_keyed event adopts the events before it")
+	}
 
 	tests := []struct {
 		name    string
@@ -159,7 +181,7 @@ func TestKeyedChainVerifier(t *testing.T) {
 		})
 	}
 	// The plain verifier ignores MACs, as before.
-	events = keyedChain(t, k, 3)
+	events := keyedChain(t, k, 3)
 	events[1].MAC = "x"
 	require.NoError(t, verify(events))
 }

@@ -488,11 +488,21 @@ func TestAuditMigration(t *testing.T) {
 		`DELETE FROM schema_migrations WHERE version = 4`,
 	)
 
+	// With a key, a chain with no MAC at all could as well be a keyed one
+	// whose MACs were removed (even the schema version is the database's
+	// to say): verify refuses it until someone adopts it.
 	key := testKey(t, 4)
+	e.open(key)
+	requireBroken(t, e.verify(""), before, "no event and not the recorded head carries a MAC")
+	require.NoError(t, e.store.Close())
+	e.store = nil
+	st, err := sqlite.Open(e.ctx, e.path, sqlite.Options{Synchronous: "NORMAL", AuditKey: key, AdoptUnkeyedChain: true})
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
 	e.open(key)
 	rep := e.verify("")
 	require.True(t, rep.OK, "%+v", rep)
-	require.Equal(t, before+1, rep.KeyedFrom, "the chain is adopted at once, with an audit_keyed event")
+	require.Equal(t, before+1, rep.KeyedFrom, "keyed from the audit_keyed event")
 	require.Equal(t, before, rep.Unkeyed)
 	cp, err := e.svc.AuditCheckpoint(e.ctx, e.admin)
 	require.NoError(t, err)

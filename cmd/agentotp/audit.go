@@ -27,6 +27,12 @@ verify      checks the keyed hash chain, the recorded head and every
             event is unchanged.
 checkpoint  prints a signed checkpoint of the chain's head: keep it outside
             the data directory.
+adopt       keys a chain that has events but no MAC at all (written before
+            the audit key existed): it checks the chain by hash, then appends
+            an audit_keyed event, the first with a MAC. Until then a store
+            with a key refuses to write to such a chain, since it could as
+            well be a keyed one whose MACs someone removed: adopt only a
+            chain you trust.
 
 The audit key comes from --audit-key-file (AGENTOTP_AUDIT_KEY_FILE), else
 AGENTOTP_AUDIT_KEY, else <data>/audit.key (created on first use).
@@ -40,6 +46,9 @@ func runAudit(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	sub, args := args[0], args[1:]
 	fs := flag.NewFlagSet("agentotp audit "+sub, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	if sub == "adopt" {
+		return auditAdopt(ctx, fs, args, stdout, stderr)
+	}
 	c := &adminCmd{fs: fs, load: configFlags(fs, "data", "db", "policies", "url", "log-level", "log-format", "audit-key-file")}
 	follow := c.fs.Bool("follow", false, "keep printing new events (list)")
 	limit := c.fs.Int("limit", 50, "events to show (list)")
@@ -253,4 +262,60 @@ func printEvent(w io.Writer, e *agentotp.AuditEvent) {
 	}
 	fmt.Fprintf(w, "%6d  %s  %-15s %-6s %-30s %-32s %s\n", e.Seq, e.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
 		e.Type, e.ActorType, e.ActorID, e.PermissionID, details)
+}
+
+// auditAdopt keys an unkeyed chain on the data directory's store, after
+// checking it by hash.
+func auditAdopt(ctx context.Context, fs *flag.FlagSet, args []string, stdout, stderr io.Writer) int {
+	load := configFlags(fs, "data", "db", "audit-key-file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return helpShown
+		}
+		return 2
+	}
+	cfg, err := load(env)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp:", err)
+		return 2
+	}
+	key, err := auditKey(cfg)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp audit adopt:", err)
+		return 1
+	}
+	// By hash first, with a store that has no key and so writes nothing.
+	st, err := openStore(ctx, cfg, nil)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp audit adopt:", err)
+		return 1
+	}
+	v := agentotp.NewChainVerifier()
+	err = st.ScanAudit(ctx, v.Next)
+	st.Close()
+	switch {
+	case err != nil:
+		fmt.Fprintln(stderr, "agentotp audit adopt: the chain does not verify by hash, nothing adopted:", err)
+		return 1
+	case v.KeyedFrom > 0:
+		fmt.Fprintf(stdout, "the audit chain is keyed from seq %d: nothing to adopt\n", v.KeyedFrom)
+		return 0
+	case v.Checked == 0:
+		fmt.Fprintln(stdout, "the audit chain is empty: nothing to adopt")
+		return 0
+	}
+	cfg.adoptAudit = true
+	st, err = openStore(ctx, cfg, key)
+	if err != nil {
+		fmt.Fprintln(stderr, "agentotp audit adopt:", err)
+		return 1
+	}
+	defer st.Close()
+	v = agentotp.NewKeyedChainVerifier(key)
+	if err := st.ScanAudit(ctx, v.Next); err != nil {
+		return fail(stderr, "audit adopt", err)
+	}
+	fmt.Fprintf(stdout, "adopted: %d events written before the key are checked by hash; from seq %d every event carries a MAC (key %s)\n",
+		v.Unkeyed, v.KeyedFrom, key.ID())
+	return 0
 }

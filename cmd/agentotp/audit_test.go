@@ -322,3 +322,30 @@ func TestServeAuditHead(t *testing.T) {
 	require.Equal(t, 1, code)
 	require.Contains(t, errs, "wrong audit key")
 }
+
+// A chain written without a key is refused by a store with one until
+// `audit adopt` keys it, after checking it by hash.
+func TestAuditAdoptCommand(t *testing.T) {
+	withEnv(t, nil)
+	dir := filepath.Join(t.TempDir(), "data")
+	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "agentotp.db"), sqlite.Options{})
+	require.NoError(t, err)
+	svc := agentotp.NewService(st, agentotp.Options{})
+	_, _, err = svc.CreateAgent(context.Background(), agentotp.SystemPrincipal, agentotp.AgentInput{Name: "before-the-key"})
+	require.NoError(t, err)
+	require.NoError(t, st.Close())
+
+	code, out, errs := run(t, "audit", "verify", "--data", dir)
+	require.Equal(t, 1, code, out+errs)
+	require.Contains(t, out+errs, "no MAC at all although this store has an audit key")
+	require.Contains(t, out+errs, "agentotp audit adopt")
+
+	code, out, errs = run(t, "audit", "adopt", "--data", dir)
+	require.Equal(t, 0, code, errs)
+	require.Contains(t, out, "adopted: 1 events written before the key")
+	code, out, errs = run(t, "audit", "verify", "--data", dir)
+	require.Equal(t, 0, code, out+errs)
+	code, out, _ = run(t, "audit", "adopt", "--data", dir)
+	require.Equal(t, 0, code)
+	require.Contains(t, out, "nothing to adopt")
+}

@@ -16,13 +16,13 @@ import (
 // --data or --db PATH) or PostgreSQL (--db postgres://…).
 func openStore(ctx context.Context, cfg Config, key *agentotp.AuditKey) (agentotp.Store, error) {
 	if postgresDSN(cfg.DB) {
-		st, err := postgres.Open(ctx, cfg.DB, postgres.Options{AuditKey: key})
+		st, err := postgres.Open(ctx, cfg.DB, postgres.Options{AuditKey: key, AdoptUnkeyedChain: cfg.adoptAudit && key != nil})
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", cfg.StoreName(), err)
 		}
 		return st, nil
 	}
-	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key})
+	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key, AdoptUnkeyedChain: cfg.adoptAudit && key != nil})
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", cfg.StoreName(), err)
 	}

@@ -207,7 +207,7 @@ func (s *Store) checkLink(l auditLink) error {
 		return nil // empty, or being adopted (adoptChain): keyed from the next event
 	case !keyed:
 		return errAudit("the chain has events (newest seq %d) but no MAC at all although this store has an audit key: "+
-			"it was written before the key existed, or its MACs were removed; verify it, then open the store with AdoptUnkeyedChain", l.seq)
+			"it was written before the key existed, or its MACs were removed; check it, then adopt it: agentotp audit adopt (or the store option AdoptUnkeyedChain)", l.seq)
 	case l.head.MAC == "":
 		return errAudit("the recorded head carries no MAC although the newest event (seq %d) has one", l.seq)
 	case !key.VerifyHead(l.head.Seq, l.head.Hash, l.head.MAC):

@@ -127,11 +127,5 @@ func (s *Store) applyMigration(ctx context.Context, m migration, latest int) err
 	if err := tx.Commit(); err != nil {
 		return storeErr("commit migration "+m.name, err)
 	}
-	if m.version == macMigration {
-		s.migratedToMACs = true
-	}
 	return nil
 }
-
-// macMigration is the migration that gave audit events their MACs.
-const macMigration = 4

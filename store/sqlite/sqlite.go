@@ -46,8 +46,9 @@ type Options struct {
 	// has events but no MAC at all, marking from where it is keyed with an
 	// audit_keyed event. Without it such a chain refuses writes: it is
 	// either one written before the key existed, or a keyed one whose MACs
-	// were removed, and only someone who has verified it can tell. A
-	// database migrated here from before keyed audit is adopted without it.
+	// were removed, and only someone who has verified it can tell (the
+	// database itself cannot: anything in it, its schema version included,
+	// a writer without the key can set).
 	AdoptUnkeyedChain bool
 }
 
@@ -92,9 +93,6 @@ type Store struct {
 	// adopting lets checkLink pass the unkeyed chain that adoptChain is
 	// keying; only the writer touches it.
 	adopting bool
-	// migratedToMACs is set by migrate when it added the MAC columns: the
-	// chain was written before keyed audit existed.
-	migratedToMACs bool
 
 	// lastHead is the chain's newest link as the last batch left it, and
 	// lastVersion the data_version SQLite reported to the writer in that
@@ -181,7 +179,7 @@ func Open(ctx context.Context, path string, opts Options) (*Store, error) {
 		s.Close()
 		return nil, err
 	}
-	if s.auditKey != nil && (opts.AdoptUnkeyedChain || s.migratedToMACs) {
+	if s.auditKey != nil && opts.AdoptUnkeyedChain {
 		if err := s.adoptChain(ctx); err != nil {
 			s.Close()
 			return nil, err
