@@ -84,21 +84,33 @@ func (s *Service) validatePolicy(pol *Policy) error {
 
 // reloadPolicies reloads the rules after a policy change. A failure (a
 // store error, a policy file broken meanwhile) leaves the last good set in
-// force, so the sweep tries again until a reload succeeds: the change must
-// not wait for the next unrelated one.
+// force; the sweep, whose cursor stays before the change, tries again
+// (see followPolicies) after a pause that doubles with each failure, up to
+// maxPolicyRetry: the change must not wait for the next unrelated one, and
+// the audit must not fill with one policy_error a sweep.
 func (s *Service) reloadPolicies(ctx context.Context) error {
 	r, ok := s.eval.(PolicyReloader)
 	if !ok {
 		return nil
 	}
 	if err := r.Reload(ctx); err != nil {
-		s.policyReloadDue.Store(true)
-		s.log.Error("policy reload after change failed; tried again at the next sweep", "err", err)
+		n := s.policyFailures.Add(1)
+		pause := min(firstPolicyRetry<<min(n-1, 20), maxPolicyRetry)
+		s.policyRetryAt.Store(s.clock().Add(pause).UnixNano())
+		s.log.Error("policy reload after change failed; tried again later", "err", err, "retry_in", pause)
 		return err
 	}
-	s.policyReloadDue.Store(false)
+	s.policyFailures.Store(0)
+	s.policyRetryAt.Store(0)
 	return nil
 }
+
+// The pause before a failed reload is tried again: firstPolicyRetry,
+// doubling with each failure, at most maxPolicyRetry.
+const (
+	firstPolicyRetry = 250 * time.Millisecond
+	maxPolicyRetry   = 5 * time.Minute
+)
 
 func policyDetails(pol *Policy) map[string]any {
 	return map[string]any{"policyId": string(pol.ID), "name": pol.Name, "effect": pol.Effect.String(),

@@ -61,6 +61,15 @@ func TestFollowPoliciesRetriesAFailedReload(t *testing.T) {
 	pol.Active = false
 	_, err = a.UpdatePolicy(ctx, agentotp.SystemPrincipal, pol)
 	require.NoError(t, err)
-	require.Eventually(t, func() bool { return effect() != agentotp.EffectAutoApprove }, 5*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { return effect() != agentotp.EffectAutoApprove }, 10*time.Second, 10*time.Millisecond)
 	require.Negative(t, flaky.fail.Load(), "the failures were met and retried")
+
+	// A reload that keeps failing is retried less and less often: each
+	// failure is an audit event, and the sweep runs every 20 ms here.
+	flaky.fail.Store(1 << 20)
+	pol.Active = true
+	_, err = a.UpdatePolicy(ctx, agentotp.SystemPrincipal, pol)
+	require.NoError(t, err)
+	time.Sleep(time.Second)
+	require.LessOrEqual(t, 1<<20-flaky.fail.Load(), int32(4), "at most a few tries in a second (0, 0.25, 0.75 s)")
 }

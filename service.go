@@ -66,9 +66,11 @@ type Service struct {
 	// policyCursor is the newest policy change followPolicies has seen
 	// (-1: not looked yet).
 	policyCursor atomic.Int64
-	// policyReloadDue is set while a reload after a policy change has
-	// failed: the sweep tries again until one succeeds.
-	policyReloadDue atomic.Bool
+	// policyRetryAt (unix ns) is when the sweep may try again a reload
+	// that failed, and policyFailures how many failed in a row: each
+	// failure is audited, so the retries back off.
+	policyRetryAt  atomic.Int64
+	policyFailures atomic.Int32
 
 	callbackHosts []CallbackHost
 	maxObject     int   // Options.MaxRequestObjectBytes

@@ -110,9 +110,12 @@ func (s *Service) followPolicies(ctx context.Context) {
 	if err != nil {
 		return // try again next sweep, from the same place
 	}
+	if at := s.policyRetryAt.Load(); at != 0 && s.clock().UnixNano() < at {
+		return // a reload failed: wait before trying again, from the same place
+	}
 	// The first look reloads once: a change made after the rules were
 	// loaded but before it would otherwise be passed over.
-	changed := s.policyReloadDue.Load() || from < 0
+	changed := from < 0
 	if from >= 0 && head > from {
 		for _, t := range []EventType{EventPolicyCreate, EventPolicyUpdate, EventPolicyDelete} {
 			// Only the events since the last sweep: the cursor moves to the
