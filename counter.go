@@ -3,7 +3,6 @@ package agentotp
 import (
 	"context"
 	"slices"
-	"strings"
 	"sync/atomic"
 	"time"
 )
@@ -54,32 +53,38 @@ type notCounting struct {
 func (c notCounting) CountPermissions(ctx context.Context, agent AgentID, pattern string, since time.Time, statuses []Status) (int, error) {
 	n, err := c.PermissionCounter.CountPermissions(ctx, agent, pattern, since, statuses)
 	p := c.perm
-	if err == nil && n > 0 && p.AgentID == agent && starMatch(pattern, p.Action) &&
+	if err == nil && n > 0 && p.AgentID == agent && MatchPattern(pattern, p.Action) &&
 		(since.IsZero() || !p.CreatedAt.Before(since)) && (len(statuses) == 0 || slices.Contains(statuses, p.Status)) {
 		n--
 	}
 	return n, err
 }
 
-// starMatch reports whether s matches pattern, where '*' stands for any
-// run of characters and every other character for itself: the action
-// patterns stores count by.
-func starMatch(pattern, s string) bool {
-	parts := strings.Split(pattern, "*")
-	if len(parts) == 1 {
-		return pattern == s
-	}
-	if !strings.HasPrefix(s, parts[0]) {
-		return false
-	}
-	s = s[len(parts[0]):]
-	last := parts[len(parts)-1]
-	for _, part := range parts[1 : len(parts)-1] {
-		i := strings.Index(s, part)
-		if i < 0 {
+// MatchPattern reports whether s matches pattern, where '*' matches any
+// run of characters (including none) and everything else is literal: the
+// action patterns of PermissionCounter.CountPermissions and of the policy
+// budget functions. Linear-time backtracking.
+func MatchPattern(pattern, s string) bool {
+	p, i := 0, 0
+	star, mark := -1, 0
+	for i < len(s) {
+		switch {
+		case p < len(pattern) && pattern[p] == '*':
+			star, mark = p, i
+			p++
+		case p < len(pattern) && pattern[p] == s[i]:
+			p++
+			i++
+		case star >= 0:
+			p = star + 1
+			mark++
+			i = mark
+		default:
 			return false
 		}
-		s = s[i+len(part):]
 	}
-	return len(s) >= len(last) && strings.HasSuffix(s, last)
+	for p < len(pattern) && pattern[p] == '*' {
+		p++
+	}
+	return p == len(pattern)
 }

@@ -364,7 +364,7 @@ func commonOptions() []cel.EnvOption {
 		cel.Function("glob", cel.Overload("glob_string_string",
 			[]*cel.Type{cel.StringType, cel.StringType}, cel.BoolType,
 			cel.BinaryBinding(func(p, s ref.Val) ref.Val {
-				return types.Bool(globMatch(string(p.(types.String)), string(s.(types.String))))
+				return types.Bool(agentotp.MatchPattern(string(p.(types.String)), string(s.(types.String))))
 			}))),
 	)
 }
@@ -416,32 +416,4 @@ func (sizeEstimator) EstimateSize(n checker.AstNode) *checker.SizeEstimate {
 
 func (sizeEstimator) EstimateCallCost(string, string, *checker.AstNode, []checker.AstNode) *checker.CallEstimate {
 	return nil
-}
-
-// globMatch matches s against a pattern where '*' matches any run of
-// characters (including none); everything else is literal. It is the same
-// pattern language as Store.CountPermissions. Linear-time backtracking.
-func globMatch(pattern, s string) bool {
-	p, i := 0, 0
-	star, mark := -1, 0
-	for i < len(s) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, i
-			p++
-		case p < len(pattern) && pattern[p] == s[i]:
-			p++
-			i++
-		case star >= 0:
-			p = star + 1
-			mark++
-			i = mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }

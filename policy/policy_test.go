@@ -317,7 +317,7 @@ func (f *fakeCounter) CountPermissions(_ context.Context, agent agentotp.AgentID
 	}
 	n := 0
 	for _, p := range f.perms {
-		if p.agent != agent || !globMatch(pattern, p.action) || p.created.Before(since) {
+		if p.agent != agent || !agentotp.MatchPattern(pattern, p.action) || p.created.Before(since) {
 			continue
 		}
 		if len(statuses) > 0 && !containsStatus(statuses, p.status) {
@@ -741,7 +741,7 @@ func TestGlob(t *testing.T) {
 		ok   bool
 	}{{"*", "", true}, {"gmail.*", "gmail.send", true}, {"gmail.*", "gmail", false}, {"*.send", "x.send", true},
 		{"a*b*c", "axxbyyc", true}, {"a*b*c", "axxbyy", false}, {"abc", "abc", true}, {"abc", "abcd", false}} {
-		require.Equal(t, c.ok, globMatch(c.p, c.s), "%q %q", c.p, c.s)
+		require.Equal(t, c.ok, agentotp.MatchPattern(c.p, c.s), "%q %q", c.p, c.s)
 	}
 }
 

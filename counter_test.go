@@ -1,14 +1,16 @@
-package agentotp
+package agentotp_test
 
 import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/agentotp/agentotp"
 )
 
-// starMatch must agree with the stores' pattern counts: '*' is any run of
-// characters, everything else is literal.
-func TestStarMatch(t *testing.T) {
+// MatchPattern must agree with the stores' pattern counts: '*' is any run
+// of characters, everything else is literal.
+func TestMatchPattern(t *testing.T) {
 	for _, tc := range []struct {
 		pattern, s string
 		want       bool
@@ -31,6 +33,6 @@ func TestStarMatch(t *testing.T) {
 		{"", "", true},
 		{"", "a", false},
 	} {
-		require.Equal(t, tc.want, starMatch(tc.pattern, tc.s), "%q ~ %q", tc.pattern, tc.s)
+		require.Equal(t, tc.want, agentotp.MatchPattern(tc.pattern, tc.s), "%q ~ %q", tc.pattern, tc.s)
 	}
 }
