@@ -87,8 +87,8 @@ func guardKey(identity string, call gatewayCall) string {
 	}
 	h.Write(call.args)
 	h.Write([]byte{0})
-	ctx, _ := json.Marshal(call.req.Context) // object keys sorted
-	h.Write(ctx)
+	c, _ := json.Marshal(call.req.Context) // object keys sorted
+	h.Write(c)
 	return hex.EncodeToString(h.Sum(nil))
 }
 
