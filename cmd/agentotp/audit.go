@@ -285,7 +285,7 @@ func auditAdopt(ctx context.Context, fs *flag.FlagSet, args []string, stdout, st
 		return 1
 	}
 	// By hash first, with a store that has no key and so writes nothing.
-	st, err := openStore(ctx, cfg, nil)
+	st, err := openStore(ctx, cfg, nil, false)
 	if err != nil {
 		fmt.Fprintln(stderr, "agentotp audit adopt:", err)
 		return 1
@@ -304,8 +304,7 @@ func auditAdopt(ctx context.Context, fs *flag.FlagSet, args []string, stdout, st
 		fmt.Fprintln(stdout, "the audit chain is empty: nothing to adopt")
 		return 0
 	}
-	cfg.adoptAudit = true
-	st, err = openStore(ctx, cfg, key)
+	st, err = openStore(ctx, cfg, key, true)
 	if err != nil {
 		fmt.Fprintln(stderr, "agentotp audit adopt:", err)
 		return 1

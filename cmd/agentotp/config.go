@@ -52,10 +52,6 @@ type Config struct {
 	CallbackKey agentotp.Secret `yaml:"-"`
 	// AuditKey is the audit chain's MAC key (AGENTOTP_AUDIT_KEY).
 	AuditKey agentotp.Secret `yaml:"-"`
-
-	// adoptAudit opens the store adopting an audit chain that has no MAC
-	// (agentotp audit adopt).
-	adoptAudit bool
 }
 
 // DefaultConfig returns the defaults (README.md lists them).

@@ -71,7 +71,7 @@ func openApp(ctx context.Context, cfg Config, logger *slog.Logger, publicURL str
 	if err != nil {
 		return nil, err
 	}
-	st, err := openStore(ctx, cfg, key)
+	st, err := openStore(ctx, cfg, key, false)
 	if err != nil {
 		return nil, err
 	}

@@ -13,16 +13,17 @@ import (
 )
 
 // openStore opens the store cfg names: SQLite (the default, a file under
-// --data or --db PATH) or PostgreSQL (--db postgres://…).
-func openStore(ctx context.Context, cfg Config, key *agentotp.AuditKey) (agentotp.Store, error) {
+// --data or --db PATH) or PostgreSQL (--db postgres://…). adopt keys an
+// audit chain that has no MAC (agentotp audit adopt).
+func openStore(ctx context.Context, cfg Config, key *agentotp.AuditKey, adopt bool) (agentotp.Store, error) {
 	if postgresDSN(cfg.DB) {
-		st, err := postgres.Open(ctx, cfg.DB, postgres.Options{AuditKey: key, AdoptUnkeyedChain: cfg.adoptAudit && key != nil})
+		st, err := postgres.Open(ctx, cfg.DB, postgres.Options{AuditKey: key, AdoptUnkeyedChain: adopt})
 		if err != nil {
 			return nil, fmt.Errorf("open store %s: %w", cfg.StoreName(), err)
 		}
 		return st, nil
 	}
-	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key, AdoptUnkeyedChain: cfg.adoptAudit && key != nil})
+	st, err := sqlite.Open(ctx, cfg.DBPath(), sqlite.Options{AuditKey: key, AdoptUnkeyedChain: adopt})
 	if err != nil {
 		return nil, fmt.Errorf("open store %s: %w", cfg.StoreName(), err)
 	}
