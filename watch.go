@@ -105,13 +105,13 @@ func (s *Service) followPolicies(ctx context.Context) {
 	if _, ok := s.eval.(PolicyReloader); !ok {
 		return
 	}
+	if at := s.policyRetryAt.Load(); at != 0 && s.clock().UnixNano() < at {
+		return // a reload failed: wait before trying again, from the same place
+	}
 	from := s.policyCursor.Load()
 	head, _, err := s.store.AuditHead(ctx)
 	if err != nil {
 		return // try again next sweep, from the same place
-	}
-	if at := s.policyRetryAt.Load(); at != 0 && s.clock().UnixNano() < at {
-		return // a reload failed: wait before trying again, from the same place
 	}
 	// The first look reloads once: a change made after the rules were
 	// loaded but before it would otherwise be passed over.
